@@ -1,0 +1,8 @@
+"""Redis transport: keys, connections (+ embedded server), streams with a janitor, weight store."""
+from common.transport.client import EmbeddedRedis, connect, ensure_redis, free_port, ping
+from common.transport.keys import Keys
+from common.transport.streams import Entry, StreamQueue
+from common.transport.weights import ChecksumError, WeightsMissing, WeightStore
+
+__all__ = ["EmbeddedRedis", "connect", "ensure_redis", "free_port", "ping", "Keys", "Entry", "StreamQueue",
+           "ChecksumError", "WeightsMissing", "WeightStore"]

@@ -1,0 +1,162 @@
+"""Redis Streams with consumer groups: at-least-once delivery, a janitor, a dead-letter stream.
+
+An entry is a small header (str fields); large payloads live in blob keys written in the same
+MULTI/EXEC as the XADD, so a header never points at a blob that was not written. Consumers XACK
+only after the work is durable; the janitor (any consumer calling :meth:`StreamQueue.reclaim`)
+takes over entries whose consumer went silent (XAUTOCLAIM) and moves an entry to the dead-letter
+stream once it has been delivered `max_deliveries` times.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from common.transport.keys import Keys
+
+__all__ = ["Entry", "StreamQueue"]
+
+
+@dataclass
+class Entry:
+    stream: str
+    id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+    blob_key: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class StreamQueue:
+    """One stream + its consumer group + its dead-letter stream."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, name: str, group: str, *, max_deliveries: int = 3,
+                 claim_idle_ms: int = 30_000, maxlen: int = 100_000, blob_ttl_s: int = 6 * 3600):
+        self.r, self.keys, self.name, self.group = r, keys, name, group
+        self.stream = keys.stream(name)
+        self.dlq = keys.dead_letter(name)
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.maxlen = maxlen
+        self.blob_ttl_s = blob_ttl_s
+        self._group_ready = False
+
+    # ---- producer --------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._group_ready = True
+
+    def add(self, fields: dict[str, str | int | float], blob: bytes | None = None, blob_key: str | None = None) -> str:
+        """XADD a header; with `blob`, SET the blob (with TTL) in the same transaction."""
+        self.ensure_group()
+        fields = {k: str(v) for k, v in fields.items()}
+        pipe = self.r.pipeline(transaction=True)
+        if blob is not None:
+            if not blob_key:
+                raise ValueError("blob_key is required with blob")
+            pipe.set(blob_key, blob, ex=self.blob_ttl_s)
+            fields["blob_key"] = blob_key
+        pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+        return _s(pipe.execute()[-1])
+
+    # ---- consumer --------------------------------------------------------------------------
+    def read(self, consumer: str, count: int = 1, block_ms: int | None = 1000) -> list[Entry]:
+        """New entries for `consumer` (first delivery)."""
+        self.ensure_group()
+        resp = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        out = []
+        for _stream, items in resp or []:
+            for eid, f in items:
+                out.append(self._entry(eid, f, 1))
+        return out
+
+    def _entry(self, eid, f, deliveries: int) -> Entry:
+        fields = {_s(k): _s(v) for k, v in (f or {}).items()}
+        return Entry(self.name, _s(eid), fields, deliveries, fields.get("blob_key"))
+
+    def blob(self, entry: Entry) -> bytes | None:
+        """The entry's payload, or None if it expired or was never written."""
+        return self.r.get(entry.blob_key) if entry.blob_key else None
+
+    def ack(self, entry: Entry, *, delete_blob: bool = True, mark_key: str | None = None, mark_ttl_s: int = 0) -> bool:
+        """XACK (+XDEL, UNLINK the blob); with `mark_key`, set it NX in the same transaction.
+
+        Returns False when `mark_key` already existed, i.e. the work was a duplicate.
+        """
+        pipe = self.r.pipeline(transaction=True)
+        if mark_key:
+            pipe.set(mark_key, entry.id, nx=True, ex=mark_ttl_s or None)
+        pipe.xack(self.stream, self.group, entry.id)
+        pipe.xdel(self.stream, entry.id)
+        if delete_blob and entry.blob_key:
+            pipe.unlink(entry.blob_key)
+        res = pipe.execute()
+        return bool(res[0]) if mark_key else True
+
+    def dead_letter(self, entry: Entry, reason: str) -> str:
+        """Move an entry to the dead-letter stream (keeping its blob for inspection) and ack it."""
+        fields = dict(entry.fields)
+        fields.update({"orig_id": entry.id, "reason": reason[:500], "deliveries": str(entry.deliveries),
+                       "dead_at": f"{time.time():.3f}"})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xadd(self.dlq, fields, maxlen=self.maxlen, approximate=True)
+        pipe.xack(self.stream, self.group, entry.id)
+        pipe.xdel(self.stream, entry.id)
+        return _s(pipe.execute()[0])
+
+    def reclaim(self, consumer: str, count: int = 100, min_idle_ms: int | None = None) -> tuple[list[Entry], list[Entry]]:
+        """Janitor: take over entries idle for `min_idle_ms` whose consumer went silent.
+
+        Returns (reclaimed entries to process now, entries moved to the dead-letter stream).
+        """
+        self.ensure_group()
+        idle = self.claim_idle_ms if min_idle_ms is None else min_idle_ms
+        claimed, dead = [], []
+        start = "0-0"
+        while True:
+            resp = self.r.xautoclaim(self.stream, self.group, consumer, idle, start_id=start, count=count)
+            nxt, items = _s(resp[0]), resp[1]
+            for eid, f in items:
+                if f is None:  # entry deleted while pending (Redis 6.2 returns it as nil)
+                    self.r.xack(self.stream, self.group, eid)
+                    continue
+                deliveries = self._deliveries(_s(eid))
+                entry = self._entry(eid, f, deliveries)
+                if deliveries > self.max_deliveries:
+                    self.dead_letter(entry, f"delivered {deliveries} times (max {self.max_deliveries})")
+                    dead.append(entry)
+                else:
+                    claimed.append(entry)
+            if nxt == "0-0" or not items:
+                break
+            start = nxt
+        return claimed, dead
+
+    def _deliveries(self, eid: str) -> int:
+        info = self.r.xpending_range(self.stream, self.group, min=eid, max=eid, count=1)
+        return int(info[0]["times_delivered"]) if info else 1
+
+    # ---- observability ---------------------------------------------------------------------
+    def depth(self) -> int:
+        return int(self.r.xlen(self.stream))
+
+    def pending(self) -> int:
+        self.ensure_group()
+        return int(self.r.xpending(self.stream, self.group)["pending"])
+
+    def dead_letters(self) -> int:
+        return int(self.r.xlen(self.dlq))
+
+    def dead_letter_entries(self, count: int = 100) -> list[dict[str, str]]:
+        return [{_s(k): _s(v) for k, v in f.items()} | {"id": _s(i)} for i, f in self.r.xrange(self.dlq, count=count)]

@@ -1,0 +1,157 @@
+"""The transport against a real redis-server: reclaim, dead letters, dedup, corruption, restarts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from common.codec import CodecError, decode, encode
+from common.transport import ChecksumError, EmbeddedRedis, Keys, StreamQueue, WeightStore, connect
+
+pytestmark = pytest.mark.integration
+
+
+def _queue(r, keys, **kw) -> StreamQueue:
+    kw.setdefault("claim_idle_ms", 50)
+    return StreamQueue(r, keys, "groups", "learner", **kw)
+
+
+def _consume_all(q: StreamQueue, consumer: str, handle, rounds: int = 50) -> None:
+    """A consumer loop: new entries first, then reclaimed ones; ack with a dedup mark."""
+    for _ in range(rounds):
+        entries = q.read(consumer, count=10, block_ms=10)
+        reclaimed, _dead = q.reclaim(consumer)
+        if not entries and not reclaimed:
+            return
+        for e in entries + reclaimed:
+            handle(e)
+
+
+def test_consumer_killed_mid_entry_is_reclaimed_and_processed_once(redis_server, r, keys):
+    q = _queue(r, keys)
+    q.add({"group_id": "g1"}, blob=encode({"x": np.ones(4)}), blob_key=keys.blob("group", "g1"))
+    # a real consumer process that reads the entry and is SIGKILLed before it acks
+    code = textwrap.dedent(f"""
+        import sys, time
+        from common.transport import Keys, StreamQueue, connect
+        q = StreamQueue(connect({redis_server.url!r}), Keys({keys.namespace!r}), "groups", "learner")
+        got = q.read("doomed", count=1, block_ms=2000)
+        print(len(got), flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "1"
+    proc.kill()
+    proc.wait()
+    assert q.pending() == 1
+    time.sleep(0.1)
+    processed = []
+
+    def handle(e):
+        payload = decode(q.blob(e))
+        if q.ack(e, mark_key=keys.consumed(e.fields["group_id"])):
+            processed.append((e.fields["group_id"], float(payload["x"].sum())))
+
+    _consume_all(q, "survivor", handle)
+    assert processed == [("g1", 4.0)]
+    assert q.pending() == 0 and q.depth() == 0
+    assert r.exists(keys.blob("group", "g1")) == 0  # blob unlinked after ack
+
+
+def test_poison_entry_ends_in_dead_letter_stream_after_n_tries(r, keys):
+    q = _queue(r, keys, max_deliveries=3)
+    q.add({"group_id": "poison"})
+    attempts = []
+
+    def always_fails(e):
+        attempts.append(e.deliveries)  # a handler that raises: no ack, the entry stays pending
+
+    for _ in range(10):
+        _consume_all(q, "c", always_fails, rounds=1)
+        time.sleep(0.06)
+    assert attempts == [1, 2, 3]
+    assert q.dead_letters() == 1 and q.pending() == 0
+    dl = q.dead_letter_entries()[0]
+    assert dl["group_id"] == "poison" and "delivered 4 times" in dl["reason"]
+
+
+def test_duplicate_group_is_counted_once(r, keys):
+    q = _queue(r, keys)
+    for _ in range(3):  # the same group published three times (e.g. a generator redid its task)
+        q.add({"group_id": "same"})
+    q.add({"group_id": "other"})
+    counted = []
+    _consume_all(q, "c", lambda e: counted.append(e.fields["group_id"]) if q.ack(e, mark_key=keys.consumed(e.fields["group_id"])) else None)
+    assert sorted(counted) == ["other", "same"]
+    assert q.pending() == 0
+
+
+def test_corrupted_blob_is_dead_lettered_and_consumer_keeps_running(r, keys):
+    q = _queue(r, keys)
+    q.add({"group_id": "bad"}, blob=encode({"x": np.ones(1000)})[:37], blob_key=keys.blob("group", "bad"))
+    q.add({"group_id": "good"}, blob=encode({"x": np.ones(3)}), blob_key=keys.blob("group", "good"))
+    ok, errors = [], []
+
+    def handle(e):
+        try:
+            payload = decode(q.blob(e))
+        except CodecError as err:
+            errors.append(str(err))
+            q.dead_letter(e, f"corrupt payload: {err}")
+            return
+        ok.append(float(payload["x"].sum()))
+        q.ack(e)
+
+    _consume_all(q, "c", handle)
+    assert ok == [3.0]
+    assert len(errors) == 1 and "malformed payload" in errors[0]
+    assert q.dead_letters() == 1 and q.dead_letter_entries()[0]["reason"].startswith("corrupt payload")
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_redis_restart_mid_stream_loses_no_acknowledged_work(tmp_path, kill):
+    keys = Keys("restart")
+    with EmbeddedRedis(data_dir=tmp_path, fsync_always=True) as server:
+        r = connect(server.url)
+        q = _queue(r, keys)
+        for i in range(50):
+            q.add({"n": i}, blob=encode({"i": i}), blob_key=keys.blob("group", str(i)))
+        done = []
+
+        def handle(e):
+            done.append(decode(q.blob(e))["i"])
+            q.ack(e, mark_key=keys.consumed(e.fields["n"]))
+
+        for e in q.read("c", count=20, block_ms=10):
+            handle(e)
+        server.restart(kill=kill)  # the client reconnects with backoff on its next call
+        _consume_all(q, "c", handle)
+        for i in range(50, 60):  # the producer keeps going after the restart too
+            q.add({"n": i}, blob=encode({"i": i}), blob_key=keys.blob("group", str(i)))
+        _consume_all(q, "c", handle)
+        assert sorted(done) == list(range(60))
+        assert q.pending() == 0
+        r.close()
+
+
+def test_weight_store_versions_checksums_and_trim(r, keys):
+    ws = WeightStore(r, keys, keep=2)
+    ps = ws.subscribe()
+    for v in range(1, 5):
+        ws.publish(bytes([v]) * 1000, version=v, kind="lora", step=v * 10)
+    latest = ws.latest()
+    assert latest.version == 4 and ws.fetch(latest) == bytes([4]) * 1000
+    assert r.exists(keys.weights(2)) == 0 and r.exists(keys.weights(3)) == 1  # keep last 2
+    msgs, deadline = [], time.monotonic() + 3
+    while len(msgs) < 4 and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.2)  # None for the subscribe confirmation
+        if m:
+            msgs.append(m)
+    assert [int(m["data"].split(b'"version":')[1].split(b",")[0]) for m in msgs] == [1, 2, 3, 4]
+    r.set(latest.key, b"tampered")
+    with pytest.raises(ChecksumError, match="version 4"):
+        ws.fetch(latest)
