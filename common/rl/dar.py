@@ -1,0 +1,133 @@
+"""Difficulty-aware reweighting, "DAR": a focal-style weight per group (REFERENCE §1.4).
+
+Difficulty p̄_g is the mean *raw* similarity of group g's members (the pre-sigmoid DRS value).
+
+mode "normalized" (default)::
+
+    b_g = (1 − p̄_g + 1e-6)^γ · (n_g / n0)^β            γ float; the count factor is off when β = 0
+    w_g = clip(c · b_g, w_min, w_max)   with the scalar c > 0 chosen so that mean_g w_g = 1
+
+The clip-and-renormalise loop ("normalise to mean 1, clip, renormalise, ...") converges to exactly
+this: the weights keep their order and ratios wherever they are not at a bound. c is found in
+closed form (mean_g clip(c·b_g) is piecewise linear and non-decreasing in c), so the weights are
+positive, within [w_min, w_max] and have mean 1 to rounding whenever w_min ≤ 1 ≤ w_max.
+
+mode "reference" reproduces the released order of operations exactly, for comparisons::
+
+    p  = clip(p̄, 0, 1)
+    w  = clip((max(0, 1 − p) + 1e-6)^int(γ), w_min, w_max)
+    w  = clip(w / max(mean w, 1e-6), w_min, w_max)
+
+Two reference bugs are kept in this mode only: γ is cast to int (γ = 1.5 acts as 1, γ = 0.5 as 0),
+and clipping *before* normalising sends every group with p̄ > 1 − 0.5^(1/γ) (0.29 for γ = 2) to
+the 0.5 floor, so in the usual similarity range (0.5-0.8) all weights come back as 1: a no-op.
+The reference's count factor is dead code, so ``n_refs`` is ignored there.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from ._checks import as_float, check_shape
+
+__all__ = ["dar_weights", "apply_dar", "group_difficulty", "scale_clip_to_unit_mean"]
+
+Mode = Literal["normalized", "reference"]
+
+
+def group_difficulty(raw: Any) -> torch.Tensor:
+    """p̄_g = mean of the raw similarities of group g's scored members. [B, G] -> [B]; NaN = missing.
+
+    A group with no scored member gets NaN; :func:`dar_weights` rejects it, so the caller decides.
+    """
+    r = as_float(raw, "raw")
+    if r.dim() != 2:
+        raise ValueError(f"raw: expected shape [B, G], got {tuple(r.shape)}")
+    return torch.nanmean(r, dim=-1)
+
+
+def scale_clip_to_unit_mean(b: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """w = clip(c·b, lo, hi) with c > 0 such that mean(w) = 1. b: [B] positive -> [B] float64.
+
+    mean(clip(c·b)) is continuous, piecewise linear and non-decreasing in c, from lo (c → 0) to
+    hi (c → ∞); its kinks are at c = lo/b_i and hi/b_i. Find the segment where it crosses 1 and
+    solve the linear equation there.
+    """
+    if not lo <= 1.0 <= hi:
+        raise ValueError(f"DAR bounds must satisfy w_min <= 1 <= w_max for a mean-1 weight, got [{lo}, {hi}]")
+    b = b.double()
+    n = b.numel()
+    kinks = torch.cat([torch.zeros(1, dtype=b.dtype, device=b.device), lo / b, hi / b]).unique()  # sorted
+    f = torch.clamp(kinks[:, None] * b[None, :], lo, hi).mean(dim=1)                            # [M]
+    idx = int(torch.searchsorted(f.contiguous(), torch.tensor([1.0], dtype=f.dtype, device=f.device)))
+    if idx < f.numel() and f[idx] == 1.0:
+        return torch.clamp(kinks[idx] * b, lo, hi)
+    c_left, c_right = kinks[idx - 1], kinks[idx]                   # f(c_left) < 1 < f(c_right)
+    mid = 0.5 * (c_left + c_right) * b
+    at_lo, at_hi = mid <= lo, mid >= hi
+    free = ~(at_lo | at_hi)
+    c = (n - lo * at_lo.sum() - hi * at_hi.sum()) / b[free].sum()
+    return torch.clamp(c * b, lo, hi)
+
+
+def dar_weights(
+    p_bar: Any,
+    n_refs: Any | None = None,
+    gamma: float = 2.0,
+    beta: float = 0.0,
+    n0: float = 3.0,
+    w_min: float = 0.5,
+    w_max: float = 5.0,
+    mode: Mode = "normalized",
+) -> torch.Tensor:
+    """Per-group DAR weights (formulas in the module docstring).
+
+    Args:
+        p_bar: [B] group difficulty p̄_g, the group's mean raw similarity (clipped to [0, 1]).
+        n_refs: [B] reference count of each group, or None (count factor off). Ignored in
+            "reference" mode (dead code in the released trainer).
+        gamma, beta, n0, w_min, w_max: see DARConfig.
+        mode: "normalized" (default) or "reference".
+    Returns:
+        [B] weights, dtype of ``p_bar``. The normalisation runs over the B groups passed in, so
+        pass the whole batch (the reference normalises per rank over a subset).
+    """
+    p = as_float(p_bar, "p_bar")
+    if p.dim() != 1:
+        raise ValueError(f"p_bar: expected shape [B], got {tuple(p.shape)}")
+    if p.numel() == 0:
+        return p.clone()
+    if not torch.isfinite(p).all():
+        raise ValueError("p_bar: non-finite group difficulty (a group without any scored member?)")
+    if gamma < 0 or beta < 0 or n0 <= 0 or w_min <= 0 or w_max < w_min:
+        raise ValueError(f"DAR parameters out of range: gamma={gamma}, beta={beta}, n0={n0}, "
+                         f"w_min={w_min}, w_max={w_max}")
+    x = p.double().clamp(0.0, 1.0)
+    if mode == "reference":
+        g = int(gamma)  # reference bug (grpo.py L357), reproduced on purpose in this mode only
+        w = torch.clamp((1.0 - x).clamp_min(0.0) + 1e-6, min=0.0) ** g
+        w = torch.clamp(w, w_min, w_max)
+        w = torch.clamp(w / w.mean().clamp_min(1e-6), w_min, w_max)
+        return w.to(p.dtype)
+    if mode != "normalized":
+        raise ValueError(f"mode: expected 'normalized' or 'reference', got {mode!r}")
+    b = (1.0 - x + 1e-6) ** float(gamma)
+    if n_refs is not None and beta != 0:
+        n = as_float(n_refs, "n_refs").double().to(x.device)
+        check_shape(n, tuple(x.shape), "n_refs")
+        if not torch.isfinite(n).all() or (n <= 0).any():
+            raise ValueError("n_refs: reference counts must be finite and > 0")
+        b = b * (n / n0) ** float(beta)
+    return scale_clip_to_unit_mean(b, w_min, w_max).to(p.dtype)
+
+
+def apply_dar(cfg: Any, p_bar: Any, n_refs: Any | None = None) -> torch.Tensor:
+    """:func:`dar_weights` with the fields of a ``DARConfig``; all ones when ``cfg.enabled`` is False."""
+    p = as_float(p_bar, "p_bar")
+    if not cfg.enabled:
+        if p.dim() != 1:
+            raise ValueError(f"p_bar: expected shape [B], got {tuple(p.shape)}")
+        return torch.ones_like(p)
+    return dar_weights(p, n_refs, gamma=cfg.gamma, beta=cfg.beta, n0=cfg.n0,
+                       w_min=cfg.w_min, w_max=cfg.w_max, mode=cfg.mode)
