@@ -1,0 +1,87 @@
+"""The `dyref` command line: one entry point for every service and job."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+import yaml
+from rich.console import Console
+
+from common.config import ConfigError, load_config
+
+app = typer.Typer(help="DyRef: multi-reference image generation, SFT + online RL with DAR and DRS.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the configuration tree.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+console = Console()
+
+ProfileOpt = typer.Option(None, "--config", "-c", help="Profile name in configs/ or a YAML path (default: $DYREF_PROFILE or cpu-tiny).")
+
+
+def _load(profile: Optional[str]):
+    try:
+        return load_config(profile)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+
+
+@config_app.command("show")
+def config_show(profile: Optional[str] = ProfileOpt,
+                section: Optional[str] = typer.Option(None, "--section", "-s", help="Only this section, e.g. rl or rl.dar."),
+                as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML.")):
+    """Print the resolved configuration (profile + DYREF_* overrides)."""
+    data = _load(profile).model_dump(mode="json")
+    for part in (section.split(".") if section else []):
+        if not isinstance(data, dict) or part not in data:
+            console.print(f"[red]no section {section!r}[/red]")
+            raise typer.Exit(2)
+        data = data[part]
+    sys.stdout.write(json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False))
+
+
+@app.command()
+def up(profile: Optional[str] = ProfileOpt,
+       hold: bool = typer.Option(False, help="Keep the stack running until Ctrl-C."),
+       ray: bool = typer.Option(True, help="Start a local Ray as well as Redis.")):
+    """Bring up the local stack (Redis, embedded if none answers; Ray) and print its health."""
+    from services.local import local_stack
+    cfg = _load(profile)
+    with local_stack(cfg, with_ray=ray) as stack:
+        health = stack.health()
+        console.print_json(json.dumps(health))
+        ok = all(v.get("ok") for v in health.values())
+        if hold and ok:
+            console.print("stack is up; Ctrl-C stops it")
+            try:
+                import time
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def demo(profile: Optional[str] = ProfileOpt):
+    """The main job on the embedded CPU default: bring up the local stack and report its health."""
+    up(profile=profile, hold=False, ray=True)
+
+
+def _mount_optional() -> None:
+    # Sub-apps live beside the code they drive; they are mounted when present.
+    import importlib
+    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"),):
+        try:
+            sub = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.add_typer(sub, name=name)
+
+
+_mount_optional()
+
+if __name__ == "__main__":
+    app()
