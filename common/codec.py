@@ -8,6 +8,7 @@ already holds. Anything malformed raises :class:`CodecError` with the reason.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Any
 
 import msgpack
@@ -31,69 +32,92 @@ class CodecError(ValueError):
     """A payload that is truncated, oversized, of the wrong type or otherwise malformed."""
 
 
-def _pack_array(arr: np.ndarray, tag: int, dtype_name: str) -> msgpack.ExtType:
-    arr = np.ascontiguousarray(arr)
-    body = msgpack.packb([dtype_name, list(arr.shape), arr.tobytes()], use_bin_type=True)
-    return msgpack.ExtType(tag, body)
+_MAGIC = b"DYR1"
+_HEAD = struct.Struct("<4sQ")  # magic, header length
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.name not in _DTYPES:
-            raise CodecError(f"cannot encode array of dtype {obj.dtype}")
-        return _pack_array(obj, _EXT_NDARRAY, obj.dtype.name)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    try:
+class _Frame:
+    """Collects array buffers out of band while the msgpack header is built."""
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+
+    def add(self, arr: np.ndarray, tag: int, dtype_name: str) -> msgpack.ExtType:
+        arr = np.ascontiguousarray(arr)
+        self.buffers.append(memoryview(arr).cast("B"))
+        body = msgpack.packb([dtype_name, list(arr.shape), len(self.buffers) - 1], use_bin_type=True)
+        return msgpack.ExtType(tag, body)
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.name not in _DTYPES:
+                raise CodecError(f"cannot encode array of dtype {obj.dtype}")
+            return self.add(obj, _EXT_NDARRAY, obj.dtype.name)
+        if isinstance(obj, np.generic):
+            return obj.item()
         import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        torch = None
-    if torch is not None and isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        if t.dtype == torch.bfloat16:
-            return _pack_array(t.view(torch.uint16).numpy(), _EXT_TORCH, "bfloat16")
-        name = str(t.dtype).removeprefix("torch.")
-        if name not in _DTYPES:
-            raise CodecError(f"cannot encode tensor of dtype {t.dtype}")
-        return _pack_array(t.numpy(), _EXT_TORCH, name)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise CodecError(f"cannot encode object of type {type(obj).__name__}")
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            if t.dtype == torch.bfloat16:
+                return self.add(t.view(torch.uint16).numpy(), _EXT_TORCH, "bfloat16")
+            name = str(t.dtype).removeprefix("torch.")
+            if name not in _DTYPES:
+                raise CodecError(f"cannot encode tensor of dtype {t.dtype}")
+            return self.add(t.numpy(), _EXT_TORCH, name)
+        if isinstance(obj, (set, frozenset, tuple)):
+            return list(obj)
+        raise CodecError(f"cannot encode object of type {type(obj).__name__}")
 
 
 def encode(obj: Any) -> bytes:
-    """Pack dicts/lists/scalars/bytes/str and numpy arrays or torch tensors (returned as numpy)."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    """Pack dicts/lists/scalars/bytes/str and numpy arrays or torch tensors (returned as numpy).
+
+    Layout: magic, header length, a msgpack header in which each array is an extension
+    [dtype, shape, buffer index], then the raw array buffers back to back. Array bytes are copied
+    exactly once (into the result) and decoded as zero-copy views.
+    """
+    frame = _Frame()
+    header = msgpack.packb(obj, default=frame.default, use_bin_type=True)
+    return b"".join([_HEAD.pack(_MAGIC, len(header)), header, *frame.buffers])
 
 
-def _unpack_array(code: int, data: bytes) -> Any:
-    if code not in (_EXT_NDARRAY, _EXT_TORCH):
-        raise CodecError(f"unknown extension type {code}")
-    try:
-        head = msgpack.unpackb(data, raw=False, max_array_len=_MAX_NDIM + 3, max_map_len=0,
-                               max_str_len=32, max_bin_len=len(data), strict_map_key=True)
-    except Exception as e:
-        raise CodecError(f"malformed array header: {e}") from None
-    if not (isinstance(head, list) and len(head) == 3):
-        raise CodecError("array must be [dtype, shape, bytes]")
-    dtype_name, shape, raw = head
-    if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
-        raise CodecError(f"array dtype {dtype_name!r} is not allowed")
-    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
-            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape)):
-        raise CodecError(f"array shape {shape!r} is invalid")
-    if not isinstance(raw, bytes):
-        raise CodecError("array data must be bytes")
-    dt = _DTYPES[dtype_name]
-    n = 1
-    for s in shape:
-        n *= s
-    if n * dt.itemsize != len(raw):
-        raise CodecError(f"array of shape {shape} and dtype {dtype_name} needs {n * dt.itemsize} bytes, payload has {len(raw)}")
-    arr = np.frombuffer(raw, dtype=dt).reshape(shape)
-    if dtype_name == "bfloat16":
-        return _BF16(arr)
-    return arr
+class _Reader:
+    def __init__(self, buffers: memoryview):
+        self.buffers = buffers
+        self.specs: list[tuple[str, list[int], int]] = []
+        self.offset = 0
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code not in (_EXT_NDARRAY, _EXT_TORCH):
+            raise CodecError(f"unknown extension type {code}")
+        try:
+            head = msgpack.unpackb(data, raw=False, max_array_len=_MAX_NDIM + 3, max_map_len=0,
+                                   max_str_len=32, max_bin_len=0)
+        except Exception as e:
+            raise CodecError(f"malformed array header: {e}") from None
+        if not (isinstance(head, list) and len(head) == 3):
+            raise CodecError("array must be [dtype, shape, buffer index]")
+        dtype_name, shape, index = head
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
+            raise CodecError(f"array dtype {dtype_name!r} is not allowed")
+        if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
+                and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x for x in shape)):
+            raise CodecError(f"array shape {shape!r} is invalid")
+        if not (isinstance(index, int) and index == len(self.specs)):
+            raise CodecError(f"array buffer index {index!r} out of order")
+        dt = _DTYPES[dtype_name]
+        n = 1
+        for x in shape:
+            n *= x
+        nbytes = n * dt.itemsize
+        offset = self.offset
+        if offset + nbytes > len(self.buffers):
+            raise CodecError(f"truncated payload: array of shape {shape} and dtype {dtype_name} needs {nbytes} bytes, "
+                             f"payload has {len(self.buffers) - offset} left")
+        self.specs.append((dtype_name, shape, nbytes))
+        self.offset += nbytes
+        arr = np.frombuffer(self.buffers[offset:offset + nbytes], dtype=dt).reshape(shape)
+        return _BF16(arr) if dtype_name == "bfloat16" else arr
 
 
 class _BF16(np.ndarray):
@@ -108,14 +132,27 @@ def decode(data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
         raise CodecError(f"payload must be bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise CodecError(f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    view = memoryview(data).cast("B")
+    if len(view) < _HEAD.size:
+        raise CodecError(f"malformed payload: {len(view)} bytes is shorter than the frame header")
+    magic, hlen = _HEAD.unpack_from(view)
+    if magic != _MAGIC:
+        raise CodecError(f"malformed payload: bad magic {bytes(magic)!r}")
+    if _HEAD.size + hlen > len(view):
+        raise CodecError(f"malformed payload: header of {hlen} bytes is truncated")
+    header = view[_HEAD.size:_HEAD.size + hlen]
+    reader = _Reader(view[_HEAD.size + hlen:])
     try:
-        return msgpack.unpackb(bytes(data), ext_hook=_unpack_array, raw=False, strict_map_key=False,
-                               max_bin_len=len(data), max_str_len=len(data), max_array_len=len(data),
-                               max_map_len=len(data), max_ext_len=len(data))
+        obj = msgpack.unpackb(header, ext_hook=reader.ext_hook, raw=False, strict_map_key=False,
+                              max_bin_len=hlen, max_str_len=hlen, max_array_len=hlen,
+                              max_map_len=hlen, max_ext_len=hlen)
     except CodecError:
         raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as e:
         raise CodecError(f"malformed payload: {type(e).__name__}: {e}") from None
+    if reader.offset != len(reader.buffers):
+        raise CodecError(f"malformed payload: {len(reader.buffers) - reader.offset} trailing bytes after the arrays")
+    return obj
 
 
 def sha256(data: bytes) -> str:

@@ -6,6 +6,13 @@ import torch
 from common.codec import CodecError, decode, encode, state_from_bytes, state_to_bytes, to_torch
 
 
+def frame(header_obj, buffers: bytes = b"") -> bytes:
+    """Hand-build a payload in the codec's frame layout (magic, header length, header, buffers)."""
+    import struct
+    header = msgpack.packb(header_obj, use_bin_type=True)
+    return b"DYR1" + struct.pack("<Q", len(header)) + header + buffers
+
+
 def test_roundtrip_nested_with_arrays_and_tensors():
     obj = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "t": torch.ones(2, 3, dtype=torch.float16),
            "b": torch.randn(4, dtype=torch.bfloat16), "s": "x", "n": [1, 2.5, None, b"raw"], "i": np.int64(7)}
@@ -18,7 +25,7 @@ def test_roundtrip_nested_with_arrays_and_tensors():
 
 def test_truncated_payload_is_a_clear_error():
     data = encode({"a": np.zeros((64, 64), np.float32)})
-    with pytest.raises(CodecError, match="malformed"):
+    with pytest.raises(CodecError, match="truncated"):
         decode(data[: len(data) // 2])
 
 
@@ -28,22 +35,27 @@ def test_oversized_payload_refused_before_decoding():
 
 
 def test_shape_that_disagrees_with_bytes_is_refused():
-    body = msgpack.packb(["float32", [1000000, 1000000], b"\x00" * 8], use_bin_type=True)
+    body = msgpack.packb(["float32", [1000000, 1000000], 0], use_bin_type=True)
     with pytest.raises(CodecError, match="needs"):
-        decode(msgpack.packb(msgpack.ExtType(1, body)))
+        decode(frame(msgpack.ExtType(1, body), b"\x00" * 8))
+    body = msgpack.packb(["float32", [2], 0], use_bin_type=True)
+    with pytest.raises(CodecError, match="trailing"):
+        decode(frame(msgpack.ExtType(1, body), b"\x00" * 12))
 
 
 def test_unknown_dtype_and_ext_refused():
-    body = msgpack.packb(["object", [1], b"\x00" * 8], use_bin_type=True)
+    body = msgpack.packb(["object", [1], 0], use_bin_type=True)
     with pytest.raises(CodecError, match="not allowed"):
-        decode(msgpack.packb(msgpack.ExtType(1, body)))
+        decode(frame(msgpack.ExtType(1, body), b"\x00" * 8))
     with pytest.raises(CodecError, match="unknown extension"):
-        decode(msgpack.packb(msgpack.ExtType(9, b"zz")))
+        decode(frame(msgpack.ExtType(9, b"zz")))
+    with pytest.raises(CodecError, match="bad magic"):
+        decode(b"\x80" * 32)
 
 
 def test_type_confused_header_refused():
     with pytest.raises(CodecError):
-        decode(msgpack.packb(msgpack.ExtType(1, msgpack.packb({"dtype": "float32"}))))
+        decode(frame(msgpack.ExtType(1, msgpack.packb({"dtype": "float32"}))))
     with pytest.raises(CodecError, match="payload must be bytes"):
         decode("a string")  # type: ignore[arg-type]
 
