@@ -118,7 +118,8 @@ def parse_record(rec: dict, *, where: str = "record", check_count: bool = True) 
             if int(parts[1]) != n:
                 raise BenchDataError(f"{where}: path {p!r} says {parts[1]} references but edit_image has {n}")
     if category is None:
-        category = _category_from_path(paths[0]) or _train_category(refs)
+        # train records ("<n>_subjects/<id>/...") carry no category: derive it from the roles
+        category = _category_from_path(paths[0]) if check_count else _train_category(refs)
     if not isinstance(category, str) or not category:
         raise BenchDataError(f"{where}: category must be a non-empty string")
     target = rec.get("image")

@@ -89,11 +89,19 @@ def summarize(records: list[dict], notes: Iterable[str] = ()) -> dict:
     dims = _dims(records)
 
     def block(recs: list[dict]) -> dict:
-        return {d: _stat([r["scores"][d] for r in recs if d in r["scores"]]) for d in dims
-                if any(d in r["scores"] for r in recs)}
+        out = {d: _stat([r["scores"][d] for r in recs if d in r["scores"]]) for d in dims
+               if any(d in r["scores"] for r in recs)}
+        # the released analysis.py's "Average score": mean of the judge dimension means (no CI)
+        jm = [s["mean"] for d, s in out.items() if d.startswith("judge.") and s["mean"] is not None]
+        if jm:
+            out["judge.average"] = {"mean": float(np.mean(jm)), "n": max(s["n"] for d, s in out.items()
+                                    if d.startswith("judge.")), "missing": 0, "ci_low": None, "ci_high": None}
+        return out
 
     by_cat = _group(records, lambda r: r["category"])
     by_n = _group(records, lambda r: int(r["n_refs"]))
+    if any(d.startswith("judge.") for d in dims):
+        dims = dims + ["judge.average"]
     return {
         "n_cases": len(records), "dims": dims, "ci_method": CI_METHOD, "notes": sorted(set(notes)),
         "overall": block(records),
