@@ -234,6 +234,14 @@ class BenchConfig(_Section):
     judge_rate_per_min: float = Field(20.0, gt=0, description="Judge requests per minute.")
     judge_retries: int = Field(3, ge=0, description="Judge retries before a case is recorded as missing.")
     detector_path: str | None = Field(None, description="Optional open-vocabulary detector for subject crops; None uses the whole image.")
+    scorer_source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random offline CLIP/DINO/style models (CI); pretrained: the local paths below.")
+    clip_path: str | None = Field(None, description="Local CLIP ViT-B/16 folder for CLIP-I and background (pretrained).")
+    dino_path: str | None = Field(None, description="Local DINOv2-base folder for the DINO subject score (pretrained).")
+    style_path: str | None = Field(None, description="Local CSD checkpoint (or HF CLIP folder) for the style score; None with tiny = Gram statistics.")
+    judge: Literal["none", "openai"] = Field("none", description="MLLM judge: none, or an OpenAI-compatible endpoint (judge_url).")
+    judge_url: str | None = Field(None, description="Base URL of the OpenAI-compatible judge (…/v1).")
+    judge_model: str = Field("gemini-3-flash", description="Model name sent to the judge endpoint.")
+    judge_api_key_env: str = Field("DYREF_JUDGE_API_KEY", description="Environment variable holding the judge API key (never stored in config).")
 
 
 class DyRefConfig(BaseSettings):
