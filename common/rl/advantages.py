@@ -41,9 +41,21 @@ def group_normalize(x: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.T
 
     Shapes: x, valid [..., G] -> [..., G]. std is the population std (ddof 0), as the reference.
     """
+    x = _centre(x, valid)
     mean, std, _ = masked_mean_std(x, valid, dim=-1)
     z = (torch.where(valid, x, mean) - mean) / std.clamp_min(eps)
     return torch.where(valid, z, torch.zeros_like(z))
+
+
+def _centre(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Subtract each group's first scored value (the result is shift-invariant anyway).
+
+    Without this a constant group such as [43.52, 43.52, 43.52] gets mean ≠ 43.52 by one ulp and
+    the ε floor turns the rounding into advantages of 1e-8 — fake variance from arithmetic.
+    """
+    first = torch.argmax(valid.to(torch.uint8), dim=-1, keepdim=True)
+    pivot = torch.gather(torch.where(valid, x, torch.zeros_like(x)), -1, first)
+    return x - pivot
 
 
 def grpo_advantages(rewards: Any, eps: float = 1e-6, global_std: bool = False) -> torch.Tensor:
@@ -67,8 +79,10 @@ def grpo_advantages(rewards: Any, eps: float = 1e-6, global_std: bool = False) -
     valid = ~torch.isnan(x)
     if not global_std:
         return group_normalize(x, valid, eps).to(r.dtype)
-    mean, _, _ = masked_mean_std(x, valid, dim=-1)
+    # the batch std must see the raw spread across groups, so it is taken before per-group centring
     _, gstd, _ = masked_mean_std(x.reshape(1, -1), valid.reshape(1, -1), dim=-1)
+    x = _centre(x, valid)
+    mean, _, _ = masked_mean_std(x, valid, dim=-1)
     a = (torch.where(valid, x, mean) - mean) / gstd.clamp_min(eps)
     return torch.where(valid, a, torch.zeros_like(a)).to(r.dtype)
 

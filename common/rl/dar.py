@@ -7,10 +7,12 @@ mode "normalized" (default)::
     b_g = (1 − p̄_g + 1e-6)^γ · (n_g / n0)^β            γ float; the count factor is off when β = 0
     w_g = clip(c · b_g, w_min, w_max)   with the scalar c > 0 chosen so that mean_g w_g = 1
 
-The clip-and-renormalise loop ("normalise to mean 1, clip, renormalise, ...") converges to exactly
-this: the weights keep their order and ratios wherever they are not at a bound. c is found in
-closed form (mean_g clip(c·b_g) is piecewise linear and non-decreasing in c), so the weights are
-positive, within [w_min, w_max] and have mean 1 to rounding whenever w_min ≤ 1 ≤ w_max.
+This is the fixed point the issue's "normalise to mean 1, clip, renormalise" asks for, taken in
+closed form: the weights keep their order, and their ratios wherever they are not at a bound
+(groups at a bound stay exactly there). A literal clip/renormalise loop also rescales the clipped
+weights and stops at a path-dependent point, so it is not used. c is found exactly
+(mean_g clip(c·b_g) is piecewise linear and non-decreasing in c), so the weights are positive,
+within [w_min, w_max] and have mean 1 to rounding whenever w_min ≤ 1 ≤ w_max.
 
 mode "reference" reproduces the released order of operations exactly, for comparisons::
 
@@ -67,7 +69,9 @@ def scale_clip_to_unit_mean(b: torch.Tensor, lo: float, hi: float) -> torch.Tens
     mid = 0.5 * (c_left + c_right) * b
     at_lo, at_hi = mid <= lo, mid >= hi
     free = ~(at_lo | at_hi)
-    c = (n - lo * at_lo.sum() - hi * at_hi.sum()) / b[free].sum()
+    # counts as float64: a python float times an int64 tensor would be float32
+    n_lo, n_hi = at_lo.sum().to(b.dtype), at_hi.sum().to(b.dtype)
+    c = (n - lo * n_lo - hi * n_hi) / b[free].sum()
     return torch.clamp(c * b, lo, hi)
 
 
