@@ -1,0 +1,158 @@
+"""Offline builders: tiny randomly initialised pipelines (cpu-tiny profile) and local pretrained ones.
+
+Tiny pipelines are the real diffusers pipeline classes with small configs (RECIPES.md recipes
+A, C, D, E), built entirely in code: no hub, no network, no files. Weights are seeded, so the same
+seed gives bit-identical models in every process (generators and learner agree without shipping
+weights). ``load_pretrained`` only reads a local directory (``local_files_only``) and never downloads.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["tiny_tokenizer", "tiny_processor", "build_tiny_flux2_klein", "build_tiny_qwen_image_edit_plus",
+           "load_pretrained", "PolicyLoadError", "TINY_FLUX_OUT_LAYERS"]
+
+# the tiny Qwen3 text encoder has 2 layers; the real Klein takes layers (9, 18, 27)
+TINY_FLUX_OUT_LAYERS = (1,)
+
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+             "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+class PolicyLoadError(ValueError):
+    """A pretrained pipeline that is missing or unreadable at the configured path."""
+
+
+def tiny_tokenizer():
+    """Byte-level Qwen2 tokenizer (264 tokens; specials at 256..263) with a chat template (recipe A)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    vocab = {c: i for i, c in enumerate(sorted(set(bytes_to_unicode().values())))}
+    for s in _SPECIALS:
+        vocab[s] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": _SPECIALS[1:]})
+    # Flux2Klein renders the prompt through the chat template (enable_thinking is ignored here)
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def tiny_processor(tok):
+    """Qwen2-VL processor without torchvision (recipe C)."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    class _Proc(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, name, arg):
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
+
+    return _Proc(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tok, video_processor=None)
+
+
+def _seeded(seed: int):
+    rng = torch.random.fork_rng(devices=[])
+    rng.__enter__()
+    torch.manual_seed(seed)
+    return rng
+
+
+def build_tiny_flux2_klein(seed: int = 0):
+    """Flux2KleinPipeline: 1 double + 1 single block (hidden 32), 4-block VAE (scale 8, 1 latent
+    channel -> 4 packed channels), 2-layer Qwen3 text encoder (hidden 16). 64 px -> 16 tokens x 4.
+
+    The scheduler shifts sigmas dynamically (``use_dynamic_shifting=True`` + the pipeline's
+    ``compute_empirical_mu``) as the real Klein does; recipe E's default scheduler would silently
+    ignore mu and run linear sigmas (RECIPES.md §7).
+    """
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    tok = tiny_tokenizer()
+    rng = _seeded(seed)
+    try:
+        transformer = Flux2Transformer2DModel(
+            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=16, timestep_guidance_channels=256,
+            axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+        te = Qwen3ForCausalLM(Qwen3Config(
+            hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+            vocab_size=len(tok), max_position_embeddings=2048, bos_token_id=None,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        vae = AutoencoderKLFlux2(
+            sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4,) * 4, layers_per_block=1,
+            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
+    finally:
+        rng.__exit__(None, None, None)
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = Flux2KleinPipeline(scheduler=sched, text_encoder=te, tokenizer=tok, transformer=transformer, vae=vae)
+    for m in (transformer, te, vae):
+        m.eval()
+    return pipe
+
+
+def build_tiny_qwen_image_edit_plus(seed: int = 0):
+    """QwenImageEditPlusPipeline (recipe D): 2-layer transformer (hidden 48, 16 packed channels),
+    VAE scale 4 with z_dim 4, 2-layer Qwen2.5-VL text encoder (hidden 16, 2-layer vision tower).
+    64 px -> 64 tokens x 16. Scheduler shaped like Qwen-Image's (dynamic exponential shift)."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    tok = tiny_tokenizer()
+    processor = tiny_processor(tok)
+    tid = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
+        image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
+        vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>").items()}
+    rng = _seeded(seed)
+    try:
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+            num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+        vae = AutoencoderKLQwenImage(
+            base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+        te = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "num_key_value_heads": 2, "vocab_size": len(tok), "bos_token_id": None,
+                         "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                         "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                         "rope_theta": 1e6},
+            vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+            hidden_size=16, vocab_size=len(tok), **tid))
+    finally:
+        rng.__exit__(None, None, None)
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=math.log(3), max_shift=math.log(3), base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+    pipe = QwenImageEditPlusPipeline(transformer=transformer, vae=vae, scheduler=sched, text_encoder=te,
+                                     tokenizer=tok, processor=processor)
+    for m in (transformer, te, vae):
+        m.eval()
+    return pipe
+
+
+def load_pretrained(family: str, path: str | os.PathLike, dtype: torch.dtype):
+    """Load a pipeline from a local directory (``local_files_only``; never downloads).
+
+    Raises PolicyLoadError when the directory is missing or lacks ``model_index.json``.
+    """
+    p = Path(path) if path else None
+    if p is None or not p.is_dir():
+        raise PolicyLoadError(f"pretrained {family} pipeline directory not found: {path!r}")
+    if not (p / "model_index.json").is_file():
+        raise PolicyLoadError(f"{p} is not a diffusers pipeline directory (no model_index.json)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if family == "flux2-klein":
+        from diffusers import Flux2KleinPipeline as cls
+    elif family == "qwen-image-edit-plus":
+        from diffusers import QwenImageEditPlusPipeline as cls
+    else:
+        raise PolicyLoadError(f"unknown policy family {family!r}")
+    try:
+        return cls.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - surface one clear error naming the path
+        raise PolicyLoadError(f"cannot load {family} pipeline from {p}: {type(e).__name__}: {e}") from e
