@@ -186,7 +186,7 @@ class RewardComponent(_Section):
     name: str = Field(..., description="Reward name (metric label, GDPO component).")
     scorer: Literal["similarity", "style", "judge", "lighting", "colour"] = Field(..., description="Which scorer deployment computes it.")
     weight: float = Field(1.0, description="Weight in the GDPO/GRPO sum.")
-    against: Literal["target", "subject", "style", "background", "lighting", "pose"] = Field("target", description="Compare with the ground-truth target or with each reference of this role.")
+    against: Literal["target", "subject", "style", "background", "lighting", "pose", "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers).")
     drs: bool = Field(False, description="Pass this reward through DRS (its raw similarity feeds DAR).")
 
 

@@ -18,7 +18,7 @@ from common.config import ROLES
 __all__ = [
     "Role", "ROLES", "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
     "GenerateReference", "GenerateRequest", "GeneratedImage", "GenerateResponse", "ErrorBody",
-    "ErrorEnvelope", "group_id_for",
+    "ErrorEnvelope", "group_id_for", "ScoreRequest", "ScoreResponse",
 ]
 
 Role = Literal["subject", "style", "background", "lighting", "pose"]
@@ -93,6 +93,23 @@ class WeightVersion(_Wire):
     kind: Literal["lora", "full"]
     step: int = Field(0, ge=0)
     created_at: float = Field(default_factory=time.time)
+
+
+class ScoreRequest(_Wire):
+    """One group's images for one scorer deployment (generator -> reward worker)."""
+    group_id: str
+    images: tuple[bytes, ...] = Field(..., min_length=1, repr=False, description="Generated images (encoded), G of them.")
+    against: tuple[bytes, ...] = Field((), repr=False, description="Comparison images: the target, or every reference of one role.")
+    prompt: str = ""
+    references: tuple[Reference, ...] = Field((), repr=False, description="All references (judges read them by role).")
+    n_refs: int = Field(0, ge=0)
+
+
+class ScoreResponse(_Wire):
+    """Raw scores: one row per generated image, one column per comparison image (None = missing)."""
+    scorer: str
+    scores: tuple[tuple[float | None, ...], ...]
+    seconds: float = 0.0
 
 
 # ---- HTTP (gateway) ----------------------------------------------------------------------------
