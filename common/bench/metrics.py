@@ -136,13 +136,14 @@ class BackgroundScorer:
 
 
 class StyleEmbeddingScorer:
-    """Style-embedding (CSD-like) cosine between the style reference and the whole generated image."""
+    """Style-embedding (CSD-like) cosine between the style reference and the whole generated image,
+    through common.rewards.style.StyleScorer (``score(generated, style_refs) -> [cos | None]``)."""
 
     name = "style"
     dims = ("style",)
 
-    def __init__(self, style: Embedder):
-        self.style = style
+    def __init__(self, style_scorer: Any):
+        self.style_scorer = style_scorer
         self.notes: list[str] = []
 
     def applies(self, case: BenchCase) -> bool:
@@ -150,7 +151,7 @@ class StyleEmbeddingScorer:
 
     def score(self, case, image, refs):
         ref = next(img for role, img, _ in refs if role == "style")
-        return {"style": cosine(self.style, [image], [ref])[0]}
+        return {"style": self.style_scorer.score([image], [ref])[0]}
 
 
 class LightingMetric:
