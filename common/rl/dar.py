@@ -60,11 +60,13 @@ def scale_clip_to_unit_mean(b: torch.Tensor, lo: float, hi: float) -> torch.Tens
         raise ValueError(f"DAR bounds must satisfy w_min <= 1 <= w_max for a mean-1 weight, got [{lo}, {hi}]")
     b = b.double()
     n = b.numel()
+    if lo == 1.0 or hi == 1.0 or n == 1:
+        return torch.ones_like(b)  # a mean-1 vector bounded on one side by 1 is all ones
     kinks = torch.cat([torch.zeros(1, dtype=b.dtype, device=b.device), lo / b, hi / b]).unique()  # sorted
     f = torch.clamp(kinks[:, None] * b[None, :], lo, hi).mean(dim=1)                            # [M]
     idx = int(torch.searchsorted(f.contiguous(), torch.tensor([1.0], dtype=f.dtype, device=f.device)))
-    if idx < f.numel() and f[idx] == 1.0:
-        return torch.clamp(kinks[idx] * b, lo, hi)
+    if idx >= f.numel() or f[idx] == 1.0:  # exact hit (idx past the end only by rounding at hi ≈ 1)
+        return torch.clamp(kinks[min(idx, f.numel() - 1)] * b, lo, hi)
     c_left, c_right = kinks[idx - 1], kinks[idx]                   # f(c_left) < 1 < f(c_right)
     mid = 0.5 * (c_left + c_right) * b
     at_lo, at_hi = mid <= lo, mid >= hi
