@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from common.synthetic import (CATEGORIES, CATEGORY_ROLES, OMNIREF_COUNT_WEIGHTS, fingerprint, make_split,
@@ -97,4 +96,3 @@ def test_fast_enough():
     rate = 500 / (time.perf_counter() - t)
     # ~1800/s measured on a shared 2-core box; the bound leaves room for contention
     assert rate > 300, f"{rate:.0f} cases/s"
-    assert np.isfinite(rate)
