@@ -100,9 +100,9 @@ def gdpo_advantages(
         C[b,i]   = Σ_{k : applies[k,b]} w_k · A_k[b,i]
         A[b,i]   = (C[b,i] − mean(C)) / max(std(C), ε)                     over the whole batch
 
-    A group to which no reward applies carries no information: its advantage is 0 and it is left
-    out of the batch statistics. Every other group (zero-std ones included, as in the reference)
-    takes part in them.
+    A group to which no reward applies, or a member with no score in any applying reward, carries
+    no information: its advantage is 0 and it is left out of the batch statistics. Every other
+    member (of zero-std groups too, as in the reference) takes part in them.
 
     Args:
         rewards: [K, B, G] per-component scores; NaN = missing score (see module docstring).
@@ -141,8 +141,9 @@ def gdpo_advantages(
         scored = scored & ap[..., None]
     z = group_normalize(x, scored, eps)                       # [K, B, G]
     c = (w.to(x.device)[:, None, None] * z).sum(dim=0)        # [B, G]; non-applying terms are 0
-    informative = ap.any(dim=0)                               # [B]
-    in_batch = informative[:, None].expand(B, G)
+    # a member with no score in any applying reward (or a group with no applying reward) carries
+    # no information: advantage 0 and out of the batch statistics
+    in_batch = scored.any(dim=0)                              # [B, G]
     mean, std, _ = masked_mean_std(c.reshape(1, -1), in_batch.reshape(1, -1), dim=-1)
     a = (c - mean.reshape(())) / std.reshape(()).clamp_min(eps)
     return torch.where(in_batch, a, torch.zeros_like(a)).to(r.dtype)

@@ -122,6 +122,13 @@ def test_gdpo_group_without_any_reward_gets_zero_and_is_out_of_batch_stats():
     assert torch.equal(a[1], torch.zeros(4, dtype=torch.float64))
 
 
+def test_gdpo_member_without_any_score_gets_zero():
+    r = t([[[1, NAN, 3, 5]]])
+    a = gdpo_advantages(r, [1.0])
+    # scored [1, 3, 5]: mean 3, std sqrt(8/3); batch stats over the same three members
+    torch.testing.assert_close(a, t([[-math.sqrt(1.5), 0, 0, math.sqrt(1.5)]]))
+
+
 def test_gdpo_bad_input():
     r, applies = _gdpo_example()
     with pytest.raises(ValueError, match="weights"):
