@@ -54,7 +54,8 @@ def run_bench(bench_cfg, settings: GenerationSettings, generator: Generator, *, 
     if score:
         scorers = build_scorers(bench_cfg, pose_model=pose_model, placement=synthetic_placement_scorer(list(cases)),
                                 judge_client=judge_client)
-        sc = score_run(run_dir, cases, scorers, image_root, progress=progress)
+        no_judge = [] if any(s.name == "judge" for s in scorers) else ["judge: not evaluated (no judge configured)"]
+        sc = score_run(run_dir, cases, scorers, image_root, progress=progress, extra_notes=no_judge)
         rep = write_report(run_dir)
         result.update(scored=len(sc["scored"]), reused_scores=len(sc["reused"]), report=str(rep["markdown"]),
                       plots=[str(p) for p in rep["plots"]])

@@ -33,7 +33,8 @@ def _image_key(path: Path) -> list[int] | None:
 
 
 def score_run(run_dir: str | os.PathLike, cases: Iterable[BenchCase], scorers: list[Scorer],
-              image_root: str | os.PathLike, *, progress: bool = True) -> ScoreSummary:
+              image_root: str | os.PathLike, *, progress: bool = True,
+              extra_notes: Iterable[str] = ()) -> ScoreSummary:
     """Score every case's ``images/<index>.png`` and (re)write ``scores.jsonl`` (one line per case)."""
     run_dir = Path(run_dir)
     cases = list(cases)
@@ -83,6 +84,6 @@ def score_run(run_dir: str | os.PathLike, cases: Iterable[BenchCase], scorers: l
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
-    notes = sorted({n for s in scorers for n in s.notes})
+    notes = sorted({n for s in scorers for n in s.notes} | set(extra_notes))
     (run_dir / "score_notes.json").write_text(json.dumps(notes, indent=2))
     return out

@@ -43,6 +43,7 @@ def test_synthetic_bench_end_to_end(tmp_path):
     assert {"lighting", "style", "background_clip"} <= set(rep["dims"])
     assert "pose" not in rep["dims"] and "pose: not evaluated (no pose model configured)" in rep["notes"]
     assert any("no detector" in n for n in rep["notes"])
+    assert "judge: not evaluated (no judge configured)" in rep["notes"]
     md = (tmp_path / "runs" / "tiny" / "report" / "report.md").read_text()
     assert "### By number of references" in md and "### By category" in md
     assert all((tmp_path / "runs" / "tiny" / "report" / "plots" / f).stat().st_size > 1000
