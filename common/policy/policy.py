@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,7 +47,7 @@ def mix_seed(seed: int, *keys: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64((1 << 63) - 1))
 
 
-_INIT, _SDE, _STEPS = 1, 2, 3
+_INIT, _SDE, _STEPS, _LORA = 1, 2, 3, 4
 
 
 def _param(params: Any, name: str, default=None):
@@ -74,11 +75,16 @@ class MRIGPolicy:
         tr.requires_grad_(False)
         self._ref_model = None
         if self.finetune == "lora":
-            tr.add_adapter(lora_config, adapter_name=ADAPTER)
+            # LoRA A is randomly initialised: seed it, so equal configs give equal policies everywhere
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(mix_seed(cfg.seed, _LORA))
+                tr.add_adapter(lora_config, adapter_name=ADAPTER)
             if init_state is not None:
                 self._load_named(init_state, what="init adapter")
             # frozen copy of the starting adapter: the "sft" KL reference, switched in by name
-            tr.add_adapter(copy.deepcopy(lora_config), adapter_name=REFERENCE_ADAPTER)
+            with warnings.catch_warnings():  # peft warns that a second adapter is added: intended
+                warnings.simplefilter("ignore", UserWarning)
+                tr.add_adapter(copy.deepcopy(lora_config), adapter_name=REFERENCE_ADAPTER)
             tr.set_adapter(ADAPTER)
             named = dict(tr.named_parameters())
             with torch.no_grad():
@@ -117,7 +123,8 @@ class MRIGPolicy:
 
     def trainable_state(self) -> bytes:
         """safetensors bytes of every trainable tensor (LoRA A/B of the trained adapter, or all weights)."""
-        meta = {"kind": self.finetune, "family": self.family.name}
+        # one metadata key: safetensors orders several keys arbitrarily, and equal weights must give equal bytes
+        meta = {"dyref_policy": f"{self.finetune}:{self.family.name}"}
         return state_to_bytes({n: p.detach() for n, p in self.named_trainable_parameters()}, metadata=meta)
 
     def load_trainable_state(self, data: bytes) -> None:
