@@ -28,7 +28,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from common.bench.loader import BenchCase
 
 __all__ = ["JUDGE_DIMS", "applicable_dims", "build_judge_request", "parse_omniref_answer", "JudgeClient",
-           "OpenAICompatibleJudgeClient", "RateLimiter", "JudgeScorer"]
+           "OpenAICompatibleJudgeClient", "RewardsJudgeClient", "RateLimiter", "JudgeScorer"]
 
 JUDGE_DIMS = ("text_adherence", "subject_consistency", "style_consistency", "lighting_consistency",
               "background_consistency", "aesthetic_quality")
@@ -180,6 +180,20 @@ class OpenAICompatibleJudgeClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+class RewardsJudgeClient:
+    """Any common.rewards judge backend (``complete(parts: list[str | PIL]) -> str | None``), e.g.
+    LocalVLMJudge, asked the bench rubric: text first, then the images in rubric order."""
+
+    def __init__(self, judge):
+        self.judge = judge
+
+    def describe(self) -> dict:
+        return {"kind": "rewards", "class": type(self.judge).__name__}
+
+    def ask(self, text: str, images: list[Image.Image]) -> str:
+        return self.judge.complete([text, *images]) or ""
 
 
 class JudgeScorer:

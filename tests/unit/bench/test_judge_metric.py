@@ -128,3 +128,18 @@ def test_rate_limiter_spaces_calls():
     for _ in range(4):
         rl.wait()
     assert time.monotonic() - t >= 0.14
+
+
+def test_tiny_local_vlm_judge_through_adapter_never_scores_zero_for_garbage():
+    # the tiny random VLM answers noise: every applicable dimension must come back missing (or a
+    # valid 0-10 value if it ever emitted strict JSON), never a silent 0 for an unparsed answer
+    import torch
+    torch.set_num_threads(1)
+    from common.bench.judge_metric import RewardsJudgeClient
+    from common.rewards.judge_local import LocalVLMJudge
+    client = RewardsJudgeClient(LocalVLMJudge.tiny())
+    scorer = JudgeScorer(client, retries=1)
+    out = scorer.score(CASE, Image.new("RGB", (32, 32)), _refs())
+    assert set(out) == {"judge.text_adherence", "judge.subject_consistency", "judge.style_consistency",
+                        "judge.aesthetic_quality"}
+    assert scorer.calls == 2 and all(v is None for v in out.values())
