@@ -27,7 +27,7 @@ from PIL import Image
 __all__ = [
     "DIMENSIONS", "ROLE_DIMENSION", "JudgeRequest", "JudgeError", "Part", "applicable_dimensions",
     "build_judge_parts", "dimension_rubric", "parse_judge_answer", "judge_mean", "JudgeBase",
-    "LocalVLMJudge", "OpenAIJudge",
+    "LocalVLMJudge", "OpenAIJudge", "build_judge",
 ]
 
 DIMENSIONS = ("text_adherence", "subject_consistency", "style_consistency", "lighting_consistency",
@@ -223,6 +223,12 @@ class JudgeBase:
 
     def score(self, requests: Sequence[JudgeRequest]) -> list[dict[str, float | None]]:
         return [self.score_one(r) for r in requests]
+
+
+def build_judge(rewards_cfg, **kw) -> JudgeBase:
+    """The judge backend a RewardsConfig names (same as registry.build_scorer("judge", ...))."""
+    from common.rewards.registry import build_scorer
+    return build_scorer("judge", rewards_cfg, **kw)
 
 
 def __getattr__(name):       # backends live in their own modules; import lazily (transformers/httpx)

@@ -25,7 +25,8 @@ class SimilarityScorer:
     def score(self, generated: list[Image.Image], targets: list[list[Image.Image]]) -> list[list[float]]:
         """generated: N images; targets: N lists (T_i may be empty) -> N lists of len(T_i) floats in [-1, 1].
 
-        All N + sum_i |T_i| images are embedded together (one forward per `batch_size` chunk).
+        All N + sum_i |T_i| images are embedded together (one forward per `batch_size` chunk); an image
+        object passed several times (a group's shared target) is embedded once.
         """
         if len(generated) != len(targets):
             raise ValueError(f"SimilarityScorer.score: {len(generated)} generated images but {len(targets)} target lists")
@@ -35,7 +36,15 @@ class SimilarityScorer:
         if not generated:
             return []
         flat = list(generated) + [im for t in targets for im in t]
-        emb = self.model.embed(flat)                                       # [N + M, D], unit rows
+        # the same reference object is usually shared by a whole group: embed each object once
+        slot: dict[int, int] = {}
+        unique: list[Image.Image] = []
+        for im in flat:
+            if id(im) not in slot:
+                slot[id(im)] = len(unique)
+                unique.append(im)
+        emb = self.model.embed(unique)                                     # [U, D], unit rows
+        emb = emb[torch.tensor([slot[id(im)] for im in flat])]             # [N + M, D]
         gen, refs = emb[:len(generated)], emb[len(generated):]
         out, k = [], 0
         for i, t in enumerate(targets):

@@ -39,6 +39,24 @@ def test_one_embedding_pass_and_empty_targets(rand_images):
     assert s.score([], []) == []
 
 
+def test_shared_target_embedded_once(rand_images):
+    tiny = EmbeddingModel.tiny("siglip", "flat")
+    seen = []
+
+    class Spy(EmbeddingModel):
+        def embed(self, images):
+            seen.append(len(images))
+            return super().embed(images)
+
+    s = SimilarityScorer(Spy(tiny.model, tiny.processor, "siglip", "flat"))
+    gen = rand_images(4, seed=1)
+    target = rand_images(1, seed=2)[0]
+    out = s.score(gen, [[target]] * 4)
+    assert seen == [5]                                                   # 4 generated + the shared target once
+    want = SimilarityScorer(tiny).score(gen, [[target.copy()] for _ in range(4)])
+    assert out == [[pytest.approx(w[0], abs=1e-6)] for w in want]
+
+
 def test_similar_images_score_higher(rand_images):
     # a slightly noised copy is closer than an unrelated image, even for a random tower
     import numpy as np
