@@ -127,5 +127,5 @@ def sde_step(dynamics: Dynamics, x: torch.Tensor, v: torch.Tensor, sigma, sigma_
         log_prob = gaussian_log_prob(prev_sample, mean, std)
     else:
         log_prob = -((prev_sample - mean) ** 2).mean(dim=tuple(range(1, x.ndim)))
-    std_out = std.reshape(-1)[0] if std.numel() == 1 else std.reshape(std.shape[0]) if std.ndim else std
+    std_out = std.reshape(-1)[0] if std.numel() == 1 else std.reshape(-1)  # 0-d, or [B] for per-sample sigmas
     return SDEStep(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std_out)

@@ -156,29 +156,43 @@ def test_adapter_directory_round_trip_as_init_adapter(tmp_path, refs2):
         build_policy(make_cfg("flux2-klein", lora={"init_adapter": str(tmp_path)}))
 
 
-def test_kl_reference_modes(refs2):
-    p = build_policy(make_cfg("flux2-klein"))
-    _bump_lora(p, 5)  # the "starting" adapter differs from the base model
-    p2 = build_policy(make_cfg("flux2-klein"))
-    _bump_lora(p2, 5)
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_kl_reference_modes(fam, refs2):
+    p = build_policy(make_cfg(fam))
     r = p.sample_group("a cat", refs2, 2, make_params(), 1)
     xt, _, k = r.transition(0)
     s = r.sigmas[k]
-    v0 = p.velocity(r.cond, xt, s).detach()
-    # "sft" snapshot is taken at build time: it stays put when the trained adapter moves
-    p3 = build_policy(make_cfg("flux2-klein"))
-    sft0 = p3.reference_velocity(r.cond, xt, s, "sft")
-    base0 = p3.reference_velocity(r.cond, xt, s, "base")
-    torch.testing.assert_close(sft0, base0)  # fresh LoRA (B = 0) == base
-    _bump_lora(p3, 6)
-    torch.testing.assert_close(p3.reference_velocity(r.cond, xt, s, "sft"), sft0)
-    assert not torch.allclose(p3.velocity(r.cond, xt, s), sft0)
-    flags = [q.requires_grad for q in p3.transformer.parameters()]
-    p3.reference_velocity(r.cond, xt, s, "base")
-    assert flags == [q.requires_grad for q in p3.transformer.parameters()]
+    sft0 = p.reference_velocity(r.cond, xt, s, "sft")
+    torch.testing.assert_close(sft0, p.reference_velocity(r.cond, xt, s, "base"))  # fresh LoRA (B = 0) == base
+    torch.testing.assert_close(sft0, p.velocity(r.cond, xt, s))
+    # the "sft" snapshot is taken at build time: it stays put when the trained adapter moves
+    _bump_lora(p, 6)
+    moved = p.velocity(r.cond, xt, s)
+    assert not torch.allclose(moved, sft0)
+    torch.testing.assert_close(p.reference_velocity(r.cond, xt, s, "sft"), sft0)
+    torch.testing.assert_close(p.reference_velocity(r.cond, xt, s, "base"), sft0)
+    flags = [q.requires_grad for q in p.transformer.parameters()]
+    with p.use_reference("sft"):
+        pass
+    assert flags == [q.requires_grad for q in p.transformer.parameters()]  # peft's toggles undone
+    torch.testing.assert_close(p.velocity(r.cond, xt, s), moved)  # trained adapter active again
     with pytest.raises(ValueError, match="'sft' or 'base'"):
-        p3.reference_velocity(r.cond, xt, s, "ema")
-    torch.testing.assert_close(v0, p2.velocity(r.cond, xt, s))
+        p.reference_velocity(r.cond, xt, s, "ema")
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_sft_reference_is_the_init_adapter_and_base_drops_it(fam, tmp_path, refs2):
+    a = build_policy(make_cfg(fam))
+    _bump_lora(a, 7)
+    d = a.save_adapter(tmp_path / "sft")
+    b = build_policy(make_cfg(fam, lora={"init_adapter": str(d)}))
+    base = build_policy(make_cfg(fam))  # fresh LoRA == base model
+    r = b.sample_group("a cat", refs2, 2, make_params(), 1)
+    xt, _, k = r.transition(0)
+    s = r.sigmas[k]
+    torch.testing.assert_close(b.reference_velocity(r.cond, xt, s, "sft"), a.velocity(r.cond, xt, s))
+    torch.testing.assert_close(b.reference_velocity(r.cond, xt, s, "base"), base.velocity(r.cond, xt, s))
+    assert not torch.allclose(a.velocity(r.cond, xt, s), base.velocity(r.cond, xt, s))
 
 
 def test_full_finetune_and_reference(refs2):
