@@ -331,3 +331,18 @@ def test_lora_targets_per_profile():
     assert qn and all(".to_q." in n or ".to_v." in n for n in qn)
     with pytest.raises(ValueError, match="no_such_module"):
         build_policy(make_cfg("flux2-klein", lora={"targets": ["no_such_module"]}))
+
+
+def test_bfloat16_policy_keeps_fp32_adapter_and_exact_recompute(refs2):
+    p = build_policy(make_cfg("flux2-klein", dtype="bfloat16", gradient_checkpointing=True))
+    assert p.transformer.dtype == torch.bfloat16
+    assert {q.dtype for q in p.trainable_parameters()} == {torch.float32}
+    params = make_params()
+    r = p.sample_group("a cat", refs2, 2, params, 1)
+    assert r.x_t.dtype == torch.float32 and torch.isfinite(r.log_probs).all()
+    p.train()
+    xt, xn, k = r.transition(0)
+    out = p.step_log_prob(r.cond, xt, xn, k, r.sigmas, params)
+    assert (out.log_prob - r.log_probs[:, 0]).abs().max() <= 1e-5
+    out.log_prob.mean().backward()
+    assert any(q.grad is not None for q in p.trainable_parameters())
