@@ -201,6 +201,9 @@ class QwenFamily(Family):
         return 2 * (height // (f * 2)), 2 * (width // (f * 2))
 
     def encode_text(self, prompt: str, enc_images, device) -> dict[str, torch.Tensor]:
+        """Variable-length embeddings (no padding), truncated at 1024 tokens as the reference does.
+        cfg.max_sequence_length is NOT applied here: the sequence holds the reference images' vision
+        tokens too, and cutting it at a small padded length would drop the prompt itself."""
         # the pipeline prepends qwen_preamble(len(enc_images)) itself (_get_qwen_prompt_embeds)
         pe, mask = self.pipe.encode_prompt(prompt=prompt, image=enc_images or None, device=device,
                                            num_images_per_prompt=1)
