@@ -73,7 +73,7 @@ def demo(profile: Optional[str] = ProfileOpt):
 def _mount_optional() -> None:
     # Sub-apps live beside the code they drive; they are mounted when present.
     import importlib
-    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"),):
+    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train")):
         try:
             sub = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError):

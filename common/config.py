@@ -8,6 +8,7 @@ Components receive their own section, never the whole tree (CONVENTIONS.md §3).
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +181,13 @@ class SFTConfig(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Checkpoint every N steps.")
     output_dir: str = Field("runs/sft", description="Where the adapter directory and checkpoints go.")
     seed: int = Field(0, description="Seed of data order and noise.")
+    loss_weighting: Literal["none", "scheduler"] = Field("none", description="none: plain MSE; scheduler: DiffSynth's Gaussian training_weight over sigma (mean 1).")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
+    lr_decay: Literal["constant", "cosine", "linear"] = Field("constant", description="Learning-rate decay after warmup.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr / lr of the cosine or linear decay.")
+    ref_curriculum: tuple[float, float] | None = Field(None, description="(hold, end) fractions of the steps: only the smallest reference count until hold, then the largest allowed count ramps linearly to the maximum by end; None: every count from the start.")
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept under output_dir/checkpoints.")
+    cache_conditioning: bool = Field(True, description="Encode each case's prompt, references and target once (frozen encoders) and reuse them.")
 
 
 class RewardComponent(_Section):
@@ -269,12 +277,21 @@ class DyRefConfig(BaseSettings):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="HTTP gateway.")
     bench: BenchConfig = Field(default_factory=BenchConfig, description="OmniRef-Bench evaluation.")
 
-    _yaml_data: dict[str, Any] = {}
-
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls, cls._yaml_data))
+        if _LOADING.get() is None:  # a resolved tree passed between processes: no re-resolution
+            return (init_settings,)
+        return (init_settings, env_settings, _YamlSource(settings_cls, _LOADING.get()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DyRefConfig":
+        """Rebuild a tree from `model_dump()` (e.g. in a Ray actor) without re-reading env or YAML."""
+        return cls(**data)
+
+
+# the YAML data of the profile being loaded; None outside load_config (sources are then off)
+_LOADING: ContextVar[dict[str, Any] | None] = ContextVar("dyref_config_loading", default=None)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -330,10 +347,10 @@ def load_config(profile: str | os.PathLike | None = None, overrides: dict[str, A
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data.setdefault("profile", name)
-    DyRefConfig._yaml_data = data
+    token = _LOADING.set(data)
     try:
         return DyRefConfig(**(overrides or {}))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     finally:
-        DyRefConfig._yaml_data = {}
+        _LOADING.reset(token)

@@ -89,10 +89,13 @@ class StreamQueue:
         """The entry's payload, or None if it expired or was never written."""
         return self.r.get(entry.blob_key) if entry.blob_key else None
 
-    def ack(self, entry: Entry, *, delete_blob: bool = True, mark_key: str | None = None, mark_ttl_s: int = 0) -> bool:
-        """XACK (+XDEL, UNLINK the blob); with `mark_key`, set it NX in the same transaction.
+    def ack(self, entry: Entry, *, delete_blob: bool = True, mark_key: str | None = None, mark_ttl_s: int = 0,
+            count_in: tuple[str, str] | None = None) -> bool:
+        """XACK (+XDEL, UNLINK the blob) in one MULTI/EXEC, optionally with a dedup mark and a count.
 
-        Returns False when `mark_key` already existed, i.e. the work was a duplicate.
+        `mark_key` is SET NX (returns False when it already existed, i.e. the work was a duplicate);
+        `count_in=(hash, field)` is HINCRBY'd in the same transaction, so the outcome of an entry is
+        counted exactly when it is settled.
         """
         pipe = self.r.pipeline(transaction=True)
         if mark_key:
@@ -101,6 +104,8 @@ class StreamQueue:
         pipe.xdel(self.stream, entry.id)
         if delete_blob and entry.blob_key:
             pipe.unlink(entry.blob_key)
+        if count_in:
+            pipe.hincrby(count_in[0], count_in[1], 1)
         res = pipe.execute()
         return bool(res[0]) if mark_key else True
 

@@ -1,0 +1,44 @@
+"""The generator as a Ray actor (one per GPU in the gpu profile, on the CPU in cpu-tiny)."""
+from __future__ import annotations
+
+import ray
+
+from common.config import DyRefConfig
+
+__all__ = ["GeneratorActor", "start_generators"]
+
+
+@ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
+class GeneratorActor:
+    def __init__(self, generator_id: str, cfg: dict, redis_url: str, threads: int = 1):
+        import torch
+        torch.set_num_threads(threads)
+        from services.generator.worker import GeneratorWorker
+        from services.reward.client import RewardClient
+        self.cfg = DyRefConfig.from_dict(cfg)
+        self.worker = GeneratorWorker(generator_id, self.cfg, redis_url, RewardClient(self.cfg.rewards))
+        self._stop = False
+
+    def run(self) -> int:
+        self._stop = False
+        return self.worker.run(lambda: self._stop)
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def status(self) -> dict:
+        return {"id": self.worker.id, "version": self.worker.version, "groups": self.worker.groups_done,
+                "refused_versions": sorted(self.worker.refused_versions)}
+
+
+def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, prefix: str = "generator",
+                     num_cpus: float = 1.0, num_gpus: float = 0.0):
+    """Start `n` generator actors and their loops; returns [(actor, run ObjectRef)]."""
+    n = n or cfg.rl.num_generators
+    dumped = cfg.model_dump(mode="json")
+    out = []
+    for i in range(n):
+        a = GeneratorActor.options(name=f"{prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus,
+                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url)
+        out.append((a, a.run.remote()))
+    return out

@@ -1,0 +1,146 @@
+"""Generator: task -> group rollout -> rewards -> publish. The Ray actor in actor.py wraps this.
+
+Order of one group (DESIGN.md data flow): read a task (new, or reclaimed from a dead generator),
+make sure the served weights are at least the task's version (switching only here, between
+groups, after the checksum verifies), sample G images with SDE noise on the train steps, score
+them on the reward deployments, publish the group (blob + header in one transaction), and only
+then ack the task. A crash anywhere before the ack leaves the task pending for another generator;
+the group id is derived from the task id, so a group published twice is counted once.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Callable
+
+from pydantic import ValidationError
+
+from common import metrics as M
+from common.codec import CodecError, decode, encode
+from common.config import DyRefConfig
+from common.images import ImageError, decode_image, encode_image
+from common.policy import build_policy
+from common.policy.families import to_pil
+from common.schemas import GroupHeader, Task, group_id_for
+from common.transport import ChecksumError, Entry, Keys, WeightsMissing, WeightStore, connect
+from services.learner.rl_recipe import group_queue, task_queue
+
+__all__ = ["GeneratorWorker", "WeightSyncError"]
+
+log = logging.getLogger("dyref.generator")
+
+
+class WeightSyncError(RuntimeError):
+    """The generator could not reach the policy version a task requires."""
+
+
+class GeneratorWorker:
+    def __init__(self, generator_id: str, cfg: DyRefConfig, redis_url: str, score_group: Callable):
+        """`score_group(task, images_png: list[bytes]) -> {reward name: [G][J] scores or None}`."""
+        self.id, self.cfg = generator_id, cfg
+        self.policy = build_policy(cfg.policy).eval()
+        self.r = connect(redis_url, cfg.redis)
+        self.keys = Keys(cfg.redis.namespace)
+        self.tasks = task_queue(self.r, self.keys, cfg.redis)
+        self.groups = group_queue(self.r, self.keys, cfg.redis)
+        self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep)
+        self.score_group = score_group
+        self.version = -1
+        self.groups_done = 0
+        self.refused_versions: set[int] = set()
+
+    # ---- weights -------------------------------------------------------------------------------
+    def sync_weights(self, min_version: int = 0, timeout_s: float = 120.0) -> int:
+        """Load the newest published weights (verified); wait for `min_version` if it is not out yet."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            latest = self.weights.latest()
+            if latest is not None and latest.version > self.version and latest.version not in self.refused_versions:
+                t0 = time.perf_counter()
+                try:
+                    data = self.weights.fetch(latest)
+                    self.policy.load_trainable_state(data)
+                except ChecksumError as e:
+                    # refused: keep serving the version we had and raise the alarm
+                    self.refused_versions.add(latest.version)
+                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "checksum").inc()
+                    log.error("%s: %s", self.id, e)
+                except WeightsMissing as e:
+                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "missing").inc()
+                    log.warning("%s: %s", self.id, e)
+                else:
+                    self.version = latest.version
+                    M.POLICY_VERSION_SERVED.labels(self.id).set(self.version)
+                    M.WEIGHT_SYNC_SECONDS.labels(self.id).observe(max(0.0, time.time() - latest.created_at))
+                    M.PHASE_SECONDS.labels("generator", "sync").observe(time.perf_counter() - t0)
+            if self.version >= min_version:
+                return self.version
+            if time.monotonic() > deadline:
+                raise WeightSyncError(f"{self.id}: policy version {min_version} not available after {timeout_s}s "
+                                      f"(serving {self.version})")
+            time.sleep(0.05)
+
+    # ---- one task ------------------------------------------------------------------------------
+    def next_entry(self, block_ms: int = 500) -> Entry | None:
+        entries = self.tasks.read(self.id, count=1, block_ms=block_ms)
+        if not entries:
+            entries, _dead = self.tasks.reclaim(self.id, count=1)
+        return entries[0] if entries else None
+
+    def process(self, entry: Entry) -> GroupHeader | None:
+        """Run one task to a published group; bad tasks are dead-lettered, not retried."""
+        try:
+            blob = self.tasks.blob(entry)
+            if blob is None:
+                raise CodecError("task blob is missing (expired or never written)")
+            task = Task.model_validate(decode(blob, max_bytes=self.cfg.redis.max_payload_mb * 2**20))
+            refs = [(ref.role, decode_image(ref.image, what=f"reference {i + 1} ({ref.role})"))
+                    for i, ref in enumerate(task.references)]
+        except (CodecError, ValidationError, ImageError) as e:
+            self.tasks.dead_letter(entry, f"bad task: {e}")
+            return None
+        self.sync_weights(task.policy_version)
+        version = self.version
+        t0 = time.perf_counter()
+        rollout = self.policy.sample_group(task.prompt, refs, task.group_size, task.sampling, task.seed)
+        t1 = time.perf_counter()
+        pngs = [encode_image(im) for im in to_pil(rollout.images)]
+        rewards = self.score_group(task, pngs)
+        t2 = time.perf_counter()
+        gid = group_id_for(task.task_id, task.policy_version)
+        payload = {"rollout": rollout.to_wire(), "rewards": rewards, "task_id": task.task_id,
+                   "record_index": task.record_index}
+        blob = encode(payload)
+        header = GroupHeader(group_id=gid, task_id=task.task_id, policy_version=version, generator_id=self.id,
+                             blob_key=self.keys.blob("group", gid), blob_bytes=len(blob),
+                             blob_sha256=hashlib.sha256(blob).hexdigest(), group_size=task.group_size,
+                             n_refs=task.n_refs, timings={"sample": t1 - t0, "score": t2 - t1})
+        self.groups.add({"header": header.model_dump_json()}, blob=blob, blob_key=header.blob_key)
+        self.tasks.ack(entry)  # only now: the group is durably published
+        t3 = time.perf_counter()
+        for phase, dt in (("sample", t1 - t0), ("score", t2 - t1), ("publish", t3 - t2)):
+            M.PHASE_SECONDS.labels("generator", phase).observe(dt)
+        M.GROUPS_PUBLISHED.labels(self.id).inc()
+        M.IMAGES_GENERATED.labels(self.id).inc(task.group_size)
+        self.groups_done += 1
+        return header
+
+    def run(self, should_stop: Callable[[], bool], idle_sync_s: float = 0.5) -> int:
+        """Loop until `should_stop()`; keeps the weights fresh between groups even when idle."""
+        last_sync = 0.0
+        while not should_stop():
+            entry = self.next_entry()
+            if entry is None:
+                if time.monotonic() - last_sync > idle_sync_s:
+                    try:
+                        self.sync_weights(0, timeout_s=0)
+                    except WeightSyncError:
+                        pass  # nothing published yet
+                    last_sync = time.monotonic()
+                continue
+            try:
+                self.process(entry)
+            except WeightSyncError as e:
+                log.warning("%s", e)  # the task stays pending; another try (or generator) picks it up
+        return self.groups_done

@@ -1,0 +1,56 @@
+"""`dyref train rl|sft` and the one-service-per-process commands used by compose and Kubernetes."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+train_app = typer.Typer(help="Training stages: rl (online RL with DAR and DRS) and sft.", no_args_is_help=True)
+console = Console()
+
+
+def task_source_for(cfg, records: Optional[str], image_root: Optional[str], n_cases: int, seed: int):
+    from services.learner.tasks import TaskSource, record_cases, synthetic_cases
+    if records:
+        if not image_root:
+            raise typer.BadParameter("--image-root is required with --records")
+        return TaskSource(record_cases(records, image_root), seed)
+    return TaskSource(synthetic_cases(n_cases, seed, size=cfg.policy.height, ref_size=cfg.policy.reference_size,
+                                      max_refs=min(6, cfg.policy.max_references)), seed)
+
+
+@train_app.command("rl")
+def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help="Profile name or YAML path."),
+             steps: Optional[int] = typer.Option(None, help="Learner steps (default: rl.total_steps)."),
+             records: Optional[str] = typer.Option(None, help="Training records (jsonl, train format); default: the synthetic task."),
+             image_root: Optional[str] = typer.Option(None, help="Folder the records' image paths are relative to."),
+             cases: int = typer.Option(256, help="Synthetic training cases when no --records."),
+             generators: Optional[int] = typer.Option(None, help="Generator actors (default: rl.num_generators).")):
+    """Start everything on this machine (Redis, Ray, reward app, generators, learner) and train."""
+    from common.cli import _load
+    from common.metrics import serve_metrics
+    from services.launch import StopFlag, run_rl
+    from services.local import local_stack
+    logging.basicConfig(level=logging.WARNING)
+    cfg = _load(profile)
+    source = task_source_for(cfg, records, image_root, cases, cfg.rl.seed)
+    stop = StopFlag()
+    with local_stack(cfg) as stack, stop.on_signals():
+        if cfg.metrics_port:
+            serve_metrics(cfg.metrics_port)
+        total = steps or cfg.rl.total_steps
+        with Progress(TextColumn("[bold]rl"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[info]}"), console=console) as bar:
+            t = bar.add_task("rl", total=total, info="starting")
+
+            def on_step(s: dict) -> None:
+                rw = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in s.items() if k.startswith("reward/") and not k.endswith("_std"))
+                bar.update(t, completed=min(total, s["step"]), info=f"v{s['version']} {rw} kl={s.get('kl', 0):.2e}")
+            recipe, state, statuses = run_rl(cfg, stack.redis_url, source, steps=steps, stop=stop, on_step=on_step,
+                                             generators=generators)
+        console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit(),
+                                       "generators": statuses, "checkpoint": str(recipe.ckpt_dir)}))

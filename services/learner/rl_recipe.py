@@ -1,0 +1,326 @@
+"""The RL recipe (stage 2): admit tasks, consume scored groups, DRS -> GDPO -> DAR -> PPO + KL, publish.
+
+Written top to bottom like a torchtune recipe: :meth:`RLRecipe.setup`, then :meth:`RLRecipe.train`
+which loops admit -> consume -> update -> publish -> checkpoint. The algorithm is the pure
+functions of common/rl (via services.learner.signals); this file only does the I/O around them.
+
+Accounting (exactly once): every admitted task ends as one of consumed / dropped_stale /
+dead-lettered. Counters live in one Redis hash, incremented in the same MULTI/EXEC as the XACK
+that settles the group, so a crash can never count a group twice or lose its count.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from common import metrics as M
+from common.codec import CodecError, decode, encode
+from common.config import DyRefConfig
+from common.policy import GroupRollout, build_policy
+from common.policy.sde import sde_step, step_std
+from common.rl import EMA, admission_capacity, is_stale, kl_penalty, ppo_loss, version_lag
+from common.schemas import GroupHeader, SamplingParams
+from common.transport import Entry, Keys, StreamQueue, WeightStore, connect
+from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
+from services.learner.signals import batch_signals
+from services.learner.tasks import TaskSource
+
+__all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue", "AUDIT_FIELDS"]
+
+log = logging.getLogger("dyref.learner")
+AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "dead_lettered")
+
+
+def task_queue(r, keys: Keys, rc) -> StreamQueue:
+    return StreamQueue(r, keys, "tasks", "generators", max_deliveries=rc.max_deliveries,
+                       claim_idle_ms=rc.claim_idle_ms, maxlen=rc.stream_maxlen, blob_ttl_s=rc.blob_ttl_s)
+
+
+def group_queue(r, keys: Keys, rc) -> StreamQueue:
+    return StreamQueue(r, keys, "groups", "learner", max_deliveries=rc.max_deliveries,
+                       claim_idle_ms=rc.claim_idle_ms, maxlen=rc.stream_maxlen, blob_ttl_s=rc.blob_ttl_s)
+
+
+@dataclass
+class ConsumedGroup:
+    entry: Entry
+    header: GroupHeader
+    rollout: GroupRollout
+    rewards: dict
+    lag: int
+
+
+class RLRecipe:
+    def __init__(self, cfg: DyRefConfig, redis_url: str, source: TaskSource, learner_id: str = "learner-0"):
+        self.cfg, self.redis_url, self.source, self.learner_id = cfg, redis_url, source, learner_id
+        self.rl = cfg.rl
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def setup(self) -> "RLRecipe":
+        torch.manual_seed(self.rl.seed)
+        self.policy = build_policy(self.cfg.policy).train()
+        params = self.policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=self.rl.lr, betas=self.rl.betas,
+                                           weight_decay=self.rl.weight_decay, eps=self.rl.adam_eps)
+        self.ema = (EMA.from_config(self.rl.ema, dict(self.policy.named_trainable_parameters()))
+                    if self.rl.ema.enabled else None)
+        self.r = connect(self.redis_url, self.cfg.redis)
+        self.keys = Keys(self.cfg.redis.namespace)
+        self.tasks = task_queue(self.r, self.keys, self.cfg.redis)
+        self.groups = group_queue(self.r, self.keys, self.cfg.redis)
+        self.tasks.ensure_group()
+        self.groups.ensure_group()
+        self.weights = WeightStore(self.r, self.keys, keep=self.cfg.redis.weights_keep)
+        self.ckpt_dir = Path(self.rl.checkpoint_dir)
+        self.state = LearnerState(run_id=uuid.uuid4().hex[:8])
+        ckpt = load_latest(self.ckpt_dir)
+        if ckpt is not None:
+            self.policy.load_trainable_state(ckpt.trainable)
+            if ckpt.optimizer:
+                self.optimizer.load_state_dict(ckpt.optimizer)
+            if self.ema is not None and ckpt.ema is not None:
+                self.ema.load_state_dict({"decay": self.rl.ema.decay, "update_interval": self.rl.ema.update_interval,
+                                          "warmup": self.rl.ema.warmup, "num_updates": 0, "shadow": ckpt.ema})
+            self.state = ckpt.state
+            log.info("resumed from %s at step %d, version %d", ckpt.path, self.state.step, self.state.version)
+        latest = self.weights.latest()
+        if latest is None or latest.version != self.state.version:
+            # never reuse a version number: a newer one may already be served with other weights
+            if latest is not None and latest.version > self.state.version:
+                self.state.version = latest.version + 1
+            self.publish(bump=False)
+        self.sampling = SamplingParams(
+            num_inference_steps=self.cfg.policy.num_inference_steps, height=self.cfg.policy.height,
+            width=self.cfg.policy.width, noise_level=self.cfg.policy.sde.noise_level,
+            dynamics=self.cfg.policy.sde.dynamics, train_steps=tuple(self.cfg.policy.sde.train_steps),
+            num_train_steps=self.cfg.policy.sde.num_train_steps)
+        # entries this learner had read but not settled before a restart: take them back now
+        self._recovered, _ = self.groups.reclaim(self.learner_id, min_idle_ms=0)
+        return self
+
+    # ---- accounting ----------------------------------------------------------------------------
+    def audit(self) -> dict[str, int]:
+        raw = self.r.hgetall(self.keys.audit)
+        counts = {f: int(raw.get(f.encode(), 0)) for f in AUDIT_FIELDS}
+        counts["dead_lettered"] = self.tasks.dead_letters() + self.groups.dead_letters()
+        counts["in_flight"] = counts["admitted"] - counts["consumed"] - counts["dropped_stale"] - counts["dead_lettered"]
+        for k, v in counts.items():
+            M.AUDIT.labels(k).set(v)
+        M.TASKS_IN_FLIGHT.set(counts["in_flight"])
+        return counts
+
+    # ---- admit ---------------------------------------------------------------------------------
+    def admit(self) -> int:
+        """Top the task stream up to the staleness-bounded capacity; returns tasks admitted."""
+        cap = admission_capacity(self.rl.max_staleness, self.rl.groups_per_step)
+        free = cap - self.audit()["in_flight"]
+        for _ in range(max(0, free)):
+            n = int(self.r.hincrby(self.keys.audit, "admitted", 1)) - 1
+            task = self.source.task(n, self.state.run_id, self.state.version, self.rl.group_size, self.sampling)
+            self.tasks.add({"task_id": task.task_id, "policy_version": task.policy_version},
+                           blob=encode(task.model_dump()), blob_key=self.keys.blob("task", task.task_id))
+            M.TASKS_ADMITTED.inc()
+        return max(0, free)
+
+    # ---- consume -------------------------------------------------------------------------------
+    def _settle(self, entry: Entry, outcome: str, group_id: str) -> None:
+        """Ack a group entry, mark its id consumed and count its outcome, in one transaction.
+
+        _accept already refused ids that were marked, and only this learner marks them, so the
+        SET NX here is always the first one.
+        """
+        self.groups.ack(entry, mark_key=self.keys.consumed(group_id), mark_ttl_s=self.cfg.redis.dedup_ttl_s,
+                        count_in=(self.keys.audit, outcome))
+
+    def _accept(self, entry: Entry, seen: set[str]) -> ConsumedGroup | None:
+        try:
+            header = GroupHeader.model_validate_json(entry.fields["header"])
+        except (KeyError, ValueError) as e:
+            self.groups.dead_letter(entry, f"bad group header: {e}")
+            return None
+        if header.group_id in seen or self.r.exists(self.keys.consumed(header.group_id)):
+            self.groups.ack(entry, count_in=(self.keys.audit, "duplicate"))  # redelivered or redone: counted once already
+            M.GROUPS_DUPLICATE.inc()
+            return None
+        lag = version_lag(self.state.version, header.policy_version)
+        if is_stale(self.state.version, header.policy_version, self.rl.max_staleness):
+            self._settle(entry, "dropped_stale", header.group_id)
+            M.GROUPS_DROPPED.labels("stale").inc()
+            return None
+        try:
+            blob = self.groups.blob(entry)
+            if blob is None:
+                raise CodecError("group blob is missing (expired or never written)")
+            payload = decode(blob, max_bytes=self.cfg.redis.max_payload_mb * 2**20)
+            rollout = GroupRollout.from_wire(payload["rollout"])
+            rewards = payload["rewards"]
+        except (CodecError, KeyError, ValueError, TypeError) as e:
+            self.groups.dead_letter(entry, f"corrupt group payload: {e}")
+            M.GROUPS_DROPPED.labels("corrupt").inc()
+            return None
+        seen.add(header.group_id)
+        return ConsumedGroup(entry, header, rollout, rewards, lag)
+
+    def consume(self, n: int, should_stop: Callable[[], bool] = lambda: False, timeout_s: float = 600.0) -> list[ConsumedGroup]:
+        """Block until `n` fresh, complete groups are in hand (admitting as slots free up)."""
+        out: list[ConsumedGroup] = []
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n:
+            if should_stop() or time.monotonic() > deadline:
+                break
+            self.admit()
+            entries = self._recovered[: n - len(out)]
+            self._recovered = self._recovered[len(entries):]
+            if not entries:
+                entries = self.groups.read(self.learner_id, count=n - len(out), block_ms=200)
+            if not entries:
+                entries, _dead = self.groups.reclaim(self.learner_id, count=n - len(out))
+            for e in entries:
+                g = self._accept(e, seen)
+                if g is not None:
+                    out.append(g)
+        return out
+
+    # ---- update --------------------------------------------------------------------------------
+    def _step_loss(self, g: ConsumedGroup, j: int, adv: torch.Tensor, w: torch.Tensor):
+        ro = g.rollout
+        x_t, x_next, idx = ro.transition(j)
+        out = self.policy.step_log_prob(ro.cond, x_t, x_next, idx, ro.sigmas, ro.params)
+        kl = None
+        if self.rl.kl.beta > 0:
+            dyn, eta = ro.params.get("dynamics", "flow-sde"), float(ro.params.get("noise_level", 1.0))
+            sigma, sigma_next = ro.sigmas[idx], ro.sigmas[idx + 1]
+            with torch.no_grad():
+                v_ref = self.policy.reference_velocity(ro.cond, x_t, sigma, mode=self.rl.kl.reference)
+                ref = sde_step(dyn, x_t, v_ref, sigma, sigma_next, eta, sigma_max=ro.sigmas[1], prev_sample=x_next)
+            dt = float(sigma_next - sigma)
+            s = step_std(dyn, sigma, sigma_next, eta, sigma_max=ro.sigmas[1])
+            std_dev_t = s / max(abs(dt), 1e-12) ** 0.5 if dyn in ("flow-sde", "dance-sde") else s
+            kl = kl_penalty(self.rl.kl.kind, v_theta=out.velocity, v_ref=v_ref, mean_theta=out.mean,
+                            mean_ref=ref.mean, std_dev_t=std_dev_t, dt=dt)
+        return ppo_loss(out.log_prob, ro.log_probs[:, j], adv, w.expand_as(adv), clip_range=self.rl.clip_range,
+                        adv_clip=self.rl.adv_clip, kl=kl, kl_beta=self.rl.kl.beta)
+
+    def update(self, batch: list[ConsumedGroup]) -> dict[str, float]:
+        """One learner step on `batch`: signals, then `ppo_epochs` x `minibatches` optimizer steps."""
+        comps = self.cfg.rewards.components
+        sig = batch_signals([g.rewards for g in batch], [g.header.n_refs for g in batch], comps, self.rl)
+        stats_sum: dict[str, float] = {}
+        n_evals = 0
+        params = self.policy.trainable_parameters()
+        gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
+        for _epoch in range(self.rl.ppo_epochs):
+            order = torch.randperm(len(batch), generator=gen).tolist()
+            chunks = [order[i::self.rl.minibatches] for i in range(self.rl.minibatches)]
+            for chunk in (c for c in chunks if c):
+                self.optimizer.zero_grad(set_to_none=True)
+                terms = sum(batch[b].rollout.step_indices.numel() for b in chunk)
+                for b in chunk:
+                    for j in range(batch[b].rollout.step_indices.numel()):
+                        loss, st = self._step_loss(batch[b], j, sig.advantages[b], sig.dar_weights[b])
+                        (loss / terms).backward()
+                        for k, v in st.as_dict().items():
+                            stats_sum[k] = stats_sum.get(k, 0.0) + v
+                        n_evals += 1
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.rl.max_grad_norm)
+                stats_sum["grad_norm"] = stats_sum.get("grad_norm", 0.0) + float(grad_norm) * terms
+                self.optimizer.step()
+        out = {k: v / max(n_evals, 1) for k, v in stats_sum.items()}
+        if self.ema is not None:
+            self.ema.update(self.state.step)
+        out.update(self._reward_stats(batch, sig))
+        out.update(sig.diagnostics)
+        out["dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
+        out["p_bar_mean"] = float(sig.p_bar.mean())
+        out["version_lag_mean"] = sum(g.lag for g in batch) / len(batch)
+        self._export(out, sig)
+        return out
+
+    def _reward_stats(self, batch, sig) -> dict[str, float]:
+        out = {}
+        for k, name in enumerate(sig.names):
+            vals = sig.raw[k][sig.applies[k]]
+            vals = vals[~torch.isnan(vals)]
+            if vals.numel():
+                out[f"reward/{name}"] = float(vals.mean())
+                out[f"reward/{name}_std"] = float(vals.std(unbiased=False))
+                M.REWARD_MEAN.labels(name).set(out[f"reward/{name}"])
+                M.REWARD_STD.labels(name).set(out[f"reward/{name}_std"])
+                for n in sorted({g.header.n_refs for g in batch}):
+                    rows = [b for b, g in enumerate(batch) if g.header.n_refs == n and bool(sig.applies[k, b])]
+                    v = sig.raw[k][rows]
+                    v = v[~torch.isnan(v)]
+                    if v.numel():
+                        M.REWARD_BY_NREFS.labels(name, str(n)).set(float(v.mean()))
+        return out
+
+    def _export(self, out: dict[str, float], sig) -> None:
+        M.ZERO_STD_FRACTION.set(out.get("zero_std_frac", 0.0))
+        for s in ("adv_mean", "adv_abs_mean", "adv_min", "adv_max"):
+            M.ADVANTAGE.labels(s.removeprefix("adv_")).set(out.get(s, 0.0))
+        w = sig.dar_weights
+        for s, v in (("mean", w.mean()), ("min", w.min()), ("max", w.max()), ("std", w.std(unbiased=False))):
+            M.DAR_WEIGHT.labels(s).set(float(v))
+        M.KL.set(out.get("kl", 0.0))
+        M.CLIP_FRACTION.labels("high").set(out.get("clip_frac_high", 0.0))
+        M.CLIP_FRACTION.labels("low").set(out.get("clip_frac_low", 0.0))
+        for s in ("mean", "min", "max"):
+            M.RATIO.labels(s).set(out.get(f"ratio_{s}", 1.0))
+        for t in ("loss", "policy_loss", "kl_penalty"):
+            M.LOSS.labels(t).set(out.get(t, 0.0))
+
+    # ---- publish / checkpoint ------------------------------------------------------------------
+    def publish(self, bump: bool = True) -> int:
+        t0 = time.perf_counter()
+        if bump:
+            self.state.version += 1
+        self.weights.publish(self.policy.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
+                             step=self.state.step)
+        M.POLICY_VERSION_PUBLISHED.set(self.state.version)
+        M.PHASE_SECONDS.labels("learner", "publish").observe(time.perf_counter() - t0)
+        return self.state.version
+
+    def save_checkpoint(self) -> Path:
+        ema = self.ema.state_dict()["shadow"] if self.ema is not None else None
+        return save_checkpoint(self.ckpt_dir, self.state, self.policy.trainable_state(), self.optimizer.state_dict(), ema)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def train(self, steps: int | None = None, should_stop: Callable[[], bool] = lambda: False,
+              on_step: Callable[[dict], None] | None = None) -> LearnerState:
+        total = self.rl.total_steps if steps is None else self.state.step + steps
+        try:
+            while self.state.step < total and not should_stop():
+                t0 = time.perf_counter()
+                batch = self.consume(self.rl.groups_per_step, should_stop)
+                if len(batch) < self.rl.groups_per_step:
+                    break  # stopping (or timed out) with a partial batch: leave it pending for the next run
+                t1 = time.perf_counter()
+                stats = self.update(batch)
+                t2 = time.perf_counter()
+                for g in batch:
+                    self._settle(g.entry, "consumed", g.header.group_id)
+                    M.GROUPS_CONSUMED.inc()
+                    M.GROUP_LAG.observe(g.lag)
+                self.state.step += 1
+                M.LEARNER_STEP.set(self.state.step)
+                if self.state.step % self.rl.publish_every == 0:
+                    self.publish()
+                if self.state.step % self.rl.checkpoint_every == 0:
+                    self.save_checkpoint()
+                M.PHASE_SECONDS.labels("learner", "consume").observe(t1 - t0)
+                M.PHASE_SECONDS.labels("learner", "update").observe(t2 - t1)
+                stats.update({"step": self.state.step, "version": self.state.version, "seconds/consume": t1 - t0,
+                              "seconds/update": t2 - t1, "images": len(batch) * self.rl.group_size})
+                self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
+                if on_step:
+                    on_step(stats)
+        finally:
+            self.save_checkpoint()
+        return self.state

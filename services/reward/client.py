@@ -1,0 +1,75 @@
+"""The generator's side of the reward workers: one async call per reward component, with retries."""
+from __future__ import annotations
+
+import time
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from common import metrics as M
+from common.config import RewardComponent, RewardsConfig
+from common.schemas import ScoreRequest, Task, group_id_for
+from services.reward.app import APP_NAME, deployment_name
+
+__all__ = ["RewardClient", "comparison_images", "RewardCallError"]
+
+
+class RewardCallError(RuntimeError):
+    """A reward deployment failed on every retry."""
+
+
+def comparison_images(component: RewardComponent, task: Task) -> tuple[bytes, ...] | None:
+    """What a component compares with for this task; None when it does not apply to it."""
+    if component.against == "none":
+        return ()
+    if component.against == "target":
+        return (task.target,) if task.target is not None else None
+    imgs = tuple(r.image for r in task.references if r.role == component.against)
+    return imgs or None
+
+
+class RewardClient:
+    """`client(task, pngs) -> {component name: [G][J] raw scores (None = missing) or None}`."""
+
+    def __init__(self, cfg: RewardsConfig, handles: dict | None = None):
+        self.cfg = cfg
+        if handles is None:
+            from ray import serve
+            handles = {c.scorer: serve.get_deployment_handle(deployment_name(c.scorer), app_name=APP_NAME)
+                       for c in cfg.components}
+        self.handles = handles
+
+    def __call__(self, task: Task, pngs: list[bytes]) -> dict[str, list | None]:
+        gid = group_id_for(task.task_id, task.policy_version)
+        calls, out = {}, {}
+        for c in self.cfg.components:
+            against = comparison_images(c, task)
+            if against is None:
+                out[c.name] = None
+                continue
+            req = ScoreRequest(group_id=gid, images=tuple(pngs), against=against, prompt=task.prompt,
+                               references=task.references, n_refs=task.n_refs)
+            calls[c.name] = (c.scorer, req, time.perf_counter(), self.handles[c.scorer].score.remote(req))
+        for name, (scorer, req, t0, pending) in calls.items():
+            out[name] = [list(row) for row in self._result(scorer, req, pending).scores]
+            M.REWARD_LATENCY.labels(scorer).observe(time.perf_counter() - t0)
+        return out
+
+    def _result(self, scorer: str, req: ScoreRequest, first):
+        attempt = {"n": 0}
+
+        def call():
+            attempt["n"] += 1
+            fut = first if attempt["n"] == 1 else self.handles[scorer].score.remote(req)
+            try:
+                return fut.result(timeout_s=self.cfg.timeout_s)
+            except Exception as e:
+                M.REWARD_ERRORS.labels(scorer, type(e).__name__).inc()
+                raise
+        try:
+            for a in Retrying(stop=stop_after_attempt(self.cfg.retries + 1), reraise=True,
+                              wait=wait_exponential_jitter(initial=0.2, max=5.0),
+                              retry=retry_if_exception_type(Exception)):
+                with a:
+                    return call()
+        except Exception as e:
+            raise RewardCallError(f"reward {scorer!r} failed after {attempt['n']} tries: {e}") from e
