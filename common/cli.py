@@ -73,7 +73,8 @@ def demo(profile: Optional[str] = ProfileOpt):
 def _mount_optional() -> None:
     # Sub-apps live beside the code they drive; they are mounted when present.
     import importlib
-    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train")):
+    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train"),
+                            ("common.policy.cli", "adapter_app", "adapter")):
         try:
             sub = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError):

@@ -150,6 +150,18 @@ class FluxFamily(Family):
             neg = Cond({**ten, **nt}, dict(meta))
         return cond, neg
 
+    @torch.no_grad()
+    def encode_target(self, image: Image.Image, height: int, width: int, device=None) -> torch.Tensor:
+        """Clean latent x0 [1, S, C] of a training target, in the packed layout of :meth:`noise`.
+
+        The same VAE path as the references (``prepare_image_latents``: patchify, BN-normalise, pack),
+        with the image centre-cropped/resized to (height, width); :meth:`decode` inverts it.
+        """
+        p = self.pipe
+        img = p.image_processor.preprocess(image, height=height, width=width, resize_mode="crop")
+        lat = p._encode_vae_image(img.to(device=device, dtype=p.vae.dtype), generator=None)
+        return p._pack_latents(lat).to(torch.float32)
+
     def noise(self, gen: torch.Generator, cond: Cond, dtype=torch.float32) -> torch.Tensor:
         """One member's initial noise [1, S, C], drawn in the pipeline's layout then packed."""
         h, w = self._latent_hw(cond.meta["height"], cond.meta["width"])
@@ -238,6 +250,18 @@ class QwenFamily(Family):
             neg = Cond({**{k: v for k, v in ten.items() if not k.startswith("prompt_embeds")},
                         **self.encode_text(negative_prompt, enc_images, device)}, dict(meta))
         return cond, neg
+
+    @torch.no_grad()
+    def encode_target(self, image: Image.Image, height: int, width: int, device=None) -> torch.Tensor:
+        """Clean latent x0 [1, S, C] of a training target: the pipeline's reference encoding
+        (``prepare_latents`` with images: VAE, mean/std normalise, pack) at (height, width)."""
+        p = self.pipe
+        c = p.transformer.config.in_channels // 4
+        img = p.image_processor.preprocess(image, height, width).unsqueeze(2)
+        h, w = self._latent_hw(height, width)
+        dummy = torch.zeros(1, (h // 2) * (w // 2), c * 4)  # given latents: no noise is drawn here
+        _, lat = p.prepare_latents([img.to(dtype=p.vae.dtype)], 1, c, height, width, p.vae.dtype, device, None, dummy)
+        return lat.to(torch.float32)
 
     def noise(self, gen, cond, dtype=torch.float32):
         h, w = self._latent_hw(cond.meta["height"], cond.meta["width"])

@@ -54,3 +54,46 @@ def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help=
                                              generators=generators)
         console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit(),
                                        "generators": statuses, "checkpoint": str(recipe.ckpt_dir)}))
+
+
+@train_app.command("sft")
+def train_sft(profile: Optional[str] = typer.Option(None, "--config", "-c", help="Profile name or YAML path."),
+              steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: sft.steps)."),
+              records: Optional[str] = typer.Option(None, help="Training records (jsonl, train format); default: the synthetic task."),
+              image_root: Optional[str] = typer.Option(None, help="Folder the records' image paths are relative to."),
+              cases: int = typer.Option(512, help="Synthetic training cases when no --records."),
+              output_dir: Optional[str] = typer.Option(None, help="Output folder (default: sft.output_dir)."),
+              resume: bool = typer.Option(True, help="Continue from output_dir/checkpoints when present."),
+              threads: Optional[int] = typer.Option(None, help="torch CPU threads.")):
+    """Stage 1: flow-matching SFT; writes <output_dir>/adapter (the RL stage's policy.lora.init_adapter)."""
+    import torch
+
+    from common.cli import _load
+    from services.learner.sft_recipe import SFTRecipe
+    from services.learner.tasks import record_cases, synthetic_cases
+    logging.basicConfig(level=logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = _load(profile)
+    sft = cfg.sft.model_copy(update={"output_dir": output_dir}) if output_dir else cfg.sft
+    if records:
+        if not image_root:
+            raise typer.BadParameter("--image-root is required with --records")
+        data = record_cases(records, image_root)
+    else:
+        data = synthetic_cases(cases, sft.seed, size=cfg.policy.height, ref_size=cfg.policy.reference_size,
+                               max_refs=min(6, cfg.policy.max_references))
+    total = steps or sft.steps
+    recipe = SFTRecipe(cfg.policy, sft, data).setup(resume=resume, total_steps=total)
+    with Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console) as bar:
+        t = bar.add_task("sft", total=total, completed=recipe.state.step, info="starting")
+
+        def on_step(s: dict) -> None:
+            bar.update(t, completed=s["step"], info=f"loss={s['loss']:.4f} |g|={s['grad_norm']:.3f} lr={s['lr']:.2e} "
+                                                    f"refs={s['n_refs'][0]}")
+        state = recipe.train(total, on_step=on_step)
+    console.print_json(json.dumps({"step": state.step, "output_dir": str(recipe.out),
+                                   "adapter": str(recipe.adapter_dir) if recipe.policy.finetune == "lora" else None,
+                                   "trainable": str(recipe.out / "trainable.safetensors"),
+                                   "final_loss": state.history[-1]["loss"] if state.history else None}))
