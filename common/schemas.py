@@ -18,7 +18,7 @@ from common.config import ROLES
 __all__ = [
     "Role", "ROLES", "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
     "GenerateReference", "GenerateRequest", "GeneratedImage", "GenerateResponse", "ErrorBody",
-    "ErrorEnvelope", "group_id_for", "ScoreRequest", "ScoreResponse",
+    "ErrorEnvelope", "group_id_for", "ScoreRequest", "ScoreResponse", "OpenAIImage", "OpenAIImagesResponse",
 ]
 
 Role = Literal["subject", "style", "background", "lighting", "pose"]
@@ -153,6 +153,8 @@ class GeneratedImage(BaseModel):
     height: int
     seed: int
 
+    index: int = Field(0, ge=0, description="Member of the request's batch; image i is reproduced by the same seed with n > i.")
+    format: Literal["png", "jpeg", "webp"] = "png"
 
 class GenerateResponse(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -175,4 +177,16 @@ class ErrorEnvelope(BaseModel):
 
 
 GenerateResponse.model_rebuild()
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    """OpenAI Images API response (``/v1/images/edits``), plus the DyRef policy version."""
+    created: int
+    data: list[OpenAIImage]
+    policy_version: int | None = None
+
+
 

@@ -1,0 +1,376 @@
+"""The gateway's FastAPI app: routes, admission (queue limit), API keys, async jobs, metrics.
+
+``build_api(cfg, backend, jobs, defaults)`` returns the ASGI app; the Serve ingress deployment
+builds it on its replica (``__serve_build_asgi_app__``) with a backend that calls the generator
+deployment through a DeploymentHandle. Routes:
+
+  POST /generate, /v1/generations          JSON (GenerateRequest); ``Prefer: respond-async`` -> 202
+  POST /v1/generations/form                multipart: files ``references`` + ``roles`` (one each)
+  GET  /v1/generations/{id}                poll an async job (Redis, TTL ``job_ttl_s``)
+  POST /v1/images/edits                    OpenAI-compatible (image[] -> subject references)
+  GET  /healthz /readyz /metrics /         liveness, readiness (model + Redis), Prometheus, web page
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+
+from common import metrics as M
+from common.config import GatewayConfig
+from common.schemas import (GeneratedImage, GenerateRequest, GenerateResponse, OpenAIImage, OpenAIImagesResponse)
+from services.gateway.errors import ERROR_RESPONSES, APIError, envelope, install_error_handlers
+from services.gateway.jobs import JobStore
+from services.gateway.prepare import GenJob, GenResult, RefIn, parse_size, prepare_job
+
+__all__ = ["build_api", "Backend", "Defaults", "STATIC_DIR"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class Backend(Protocol):
+    """What the routes need from the generator: a generation and its replica's stats."""
+
+    async def generate(self, job: GenJob) -> GenResult: ...
+
+    async def stats(self) -> dict: ...
+
+
+@dataclass
+class Defaults:
+    width: int = 64
+    height: int = 64
+    steps: int = 8
+    guidance: float = 1.0
+
+
+class _Observe:
+    """Pure ASGI middleware: request counter + latency by route template, and the body-size limit."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
+                resp = envelope(APIError(413, "body_too_large", f"request body of {int(v)} bytes exceeds the limit "
+                                         f"of {self.max_body} bytes", "body"))
+                await resp(scope, receive, send)
+                M.GATEWAY_REQUESTS.labels("unmatched", "413").inc()
+                return
+        status = [500]
+
+        async def _send(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates only: bounded labels
+            M.GATEWAY_REQUESTS.labels(route, str(status[0])).inc()
+            M.GATEWAY_LATENCY.labels(route).observe(time.perf_counter() - t0)
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defaults: Defaults = Defaults(),
+              replicas: int | None = None) -> FastAPI:
+    app = FastAPI(title="DyRef gateway", version="1", description=(
+        "Multi-reference image generation from the policy that training is producing. Every error is "
+        '`{"error": {"type", "code", "message", "param"}}` with `param` naming the field.'))
+    install_error_handlers(app)
+    capacity = cfg.queue_limit * (replicas or cfg.replicas)
+    state: dict[str, Any] = {"inflight": 0, "ready": False, "seen_failures": {}}
+    tasks: set[asyncio.Task] = set()
+    bearer = HTTPBearer(auto_error=False, description="API key (only when the gateway is configured with api_keys)")
+    retry_after = {"Retry-After": str(cfg.retry_after_s)}
+
+    async def require_key(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not cfg.api_keys:
+            return
+        if cred is None or not any(hmac.compare_digest(cred.credentials.encode(), k.encode()) for k in cfg.api_keys):
+            raise APIError(401, "invalid_api_key", "missing or invalid API key (Authorization: Bearer <key>)",
+                           None, headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(require_key)]
+
+    async def prepared(**kw) -> GenJob:
+        # decoding and optional URL fetches are blocking: keep them off the event loop
+        return await asyncio.to_thread(prepare_job, cfg, default_size=(defaults.width, defaults.height),
+                                       default_steps=defaults.steps, default_guidance=defaults.guidance, **kw)
+
+    async def ensure_ready() -> None:
+        if state["ready"]:
+            return
+        try:
+            st = await asyncio.wait_for(backend.stats(), timeout=5.0)
+        except Exception as e:  # noqa: BLE001
+            raise APIError(503, "model_not_ready", f"generator unavailable: {type(e).__name__}", None,
+                           headers=retry_after) from None
+        if not st.get("ready"):
+            why = st.get("load_error") or "model still loading"
+            raise APIError(503, "model_not_ready", f"no model ready: {why}", None, headers=retry_after)
+        state["ready"] = True
+
+    async def call(job: GenJob) -> GenResult:
+        try:
+            res = await asyncio.wait_for(backend.generate(job), timeout=cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(504, "timeout", f"generation took longer than {cfg.timeout_s:g} s", None) from None
+        except APIError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Serve back-pressure or a dead replica
+            if type(e).__name__ == "BackPressureError":
+                raise APIError(429, "queue_full", "the generator queue is full; retry later", None,
+                               headers=retry_after) from None
+            raise APIError(503, "generator_unavailable", f"generator unavailable: {type(e).__name__}", None,
+                           headers=retry_after) from None
+        if res.error:
+            status, code, msg, param = res.error
+            raise APIError(status, code, msg, param, headers=retry_after if status in (429, 503) else None)
+        state["ready"] = True
+        return res
+
+    def admit() -> None:
+        if state["inflight"] >= capacity:
+            raise APIError(429, "queue_full", f"{state['inflight']} generations in progress (limit {capacity}); "
+                           "retry later", None, headers=retry_after)
+        state["inflight"] += 1
+        M.GATEWAY_QUEUE.set(state["inflight"])
+
+    def release() -> None:
+        state["inflight"] -= 1
+        M.GATEWAY_QUEUE.set(state["inflight"])
+
+    def to_response(res: GenResult, t0: float, job_id: str | None = None) -> GenerateResponse:
+        M.GATEWAY_IMAGES.inc(len(res.images))
+        imgs = [GeneratedImage(b64_json=_b64(b), width=res.width, height=res.height, seed=res.seed, index=i,
+                               format=res.output_format) for i, b in enumerate(res.images)]
+        timings = dict(res.timings) | {"total_s": time.perf_counter() - t0}
+        kw = {"id": job_id} if job_id else {}
+        return GenerateResponse(status="succeeded", policy_version=res.policy_version, images=imgs, timings=timings, **kw)
+
+    async def run_job(job_id: str, job: GenJob, t0: float) -> None:
+        try:
+            await jobs.put(GenerateResponse(id=job_id, status="running"))
+            try:
+                resp = to_response(await call(job), t0, job_id)
+            except APIError as e:
+                resp = GenerateResponse(id=job_id, status="failed", error=e.body())
+            await jobs.put(resp)
+        except Exception:  # noqa: BLE001 - Redis gone: the job expires as queued/running
+            import logging
+            logging.getLogger(__name__).exception("async job %s could not be stored", job_id)
+        finally:
+            release()
+
+    async def submit(job: GenJob, prefer: str | None, t0: float) -> Response:
+        if prefer and "respond-async" in prefer.lower():
+            if jobs is None:
+                raise APIError(400, "async_unavailable", "async jobs need Redis, which this gateway has not", "Prefer")
+            await ensure_ready()
+            admit()
+            try:
+                queued = GenerateResponse(status="queued")
+                await jobs.put(queued)
+            except Exception:
+                release()
+                raise
+            task = asyncio.create_task(run_job(queued.id, job, t0))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            return JSONResponse(queued.model_dump(mode="json"), status_code=202,
+                                headers={"Location": f"/v1/generations/{queued.id}", "Preference-Applied": "respond-async"})
+        admit()
+        try:
+            res = await call(job)
+        finally:
+            release()
+        return JSONResponse(to_response(res, t0).model_dump(mode="json"))
+
+    gen_responses = {200: {"model": GenerateResponse}, 202: {"model": GenerateResponse, "description": "Accepted (async)"}} | ERROR_RESPONSES
+
+    async def generate_json(req: GenerateRequest, prefer: str | None = Header(None, description="`respond-async` -> 202 + job id")):
+        t0 = time.perf_counter()
+        refs = [RefIn(role=r.role, b64=r.image, description=r.description, param=f"references[{i}].image")
+                for i, r in enumerate(req.references)]
+        job = await prepared(prompt=req.prompt, refs=refs, n=req.n, width=req.width, height=req.height, seed=req.seed,
+                             steps=req.num_inference_steps, guidance=req.guidance_scale,
+                             negative_prompt=req.negative_prompt, output_format=req.output_format)
+        return await submit(job, prefer, t0)
+
+    for path, name in (("/generate", "generate"), ("/v1/generations", "create_generation")):
+        app.post(path, response_model=GenerateResponse, responses=gen_responses, dependencies=auth, name=name,
+                 summary="Generate images from a prompt and typed references")(generate_json)
+
+    @app.post("/v1/generations/form", response_model=GenerateResponse, responses=gen_responses, dependencies=auth,
+              summary="Generate (multipart form: reference files with one role each)")
+    async def generate_form(prompt: str = Form(..., min_length=1, max_length=4000),
+                            references: list[UploadFile] = File(default=[], description="Reference image files, in order"),
+                            roles: list[str] = Form(default=[], description="One role per reference file, in order"),
+                            descriptions: list[str] = Form(default=[]),
+                            negative_prompt: str | None = Form(None), n: int = Form(1, ge=1),
+                            width: int | None = Form(None, ge=16), height: int | None = Form(None, ge=16),
+                            seed: int | None = Form(None, ge=0), num_inference_steps: int | None = Form(None, ge=1),
+                            guidance_scale: float | None = Form(None, ge=0, le=30), output_format: str = Form("png"),
+                            prefer: str | None = Header(None)):
+        t0 = time.perf_counter()
+        if len(roles) != len(references):
+            raise APIError(400, "roles_mismatch", f"{len(references)} reference files but {len(roles)} roles; "
+                           "send one `roles` field per file, in order", "roles")
+        if len(references) > cfg.max_references:
+            raise APIError(400, "too_many_references",
+                           f"{len(references)} references given; at most {cfg.max_references} are allowed", "references")
+        refs = [RefIn(role=roles[i], data=await f.read(), param=f"references[{i}]", role_param=f"roles[{i}]",
+                      description=descriptions[i] if i < len(descriptions) else None) for i, f in enumerate(references)]
+        job = await prepared(prompt=prompt, refs=refs, n=n, width=width, height=height, seed=seed,
+                             steps=num_inference_steps, guidance=guidance_scale, negative_prompt=negative_prompt,
+                             output_format=output_format)
+        return await submit(job, prefer, t0)
+
+    @app.get("/v1/generations/{job_id}", response_model=GenerateResponse, dependencies=auth,
+             responses={404: ERROR_RESPONSES[400] | {"description": "No such job (or expired)"}},
+             summary="Poll an async generation")
+    async def get_generation(job_id: str):
+        if jobs is None:
+            raise APIError(404, "job_not_found", "this gateway keeps no jobs", "id")
+        job = await jobs.get(job_id)
+        if job is None:
+            raise APIError(404, "job_not_found", f"no job {job_id!r} (unknown or expired after {cfg.job_ttl_s} s)", "id")
+        return job
+
+    @app.post("/v1/images/edits", response_model=OpenAIImagesResponse, responses=ERROR_RESPONSES, dependencies=auth,
+              summary="OpenAI-compatible image edit: every image is a subject reference, in order")
+    async def images_edits(prompt: str = Form(..., min_length=1, max_length=4000),
+                           image_list: list[UploadFile] = File(default=[], alias="image[]"),
+                           image: list[UploadFile] = File(default=[]),
+                           mask: UploadFile | None = File(None), n: int = Form(1, ge=1),
+                           size: str | None = Form(None), response_format: str | None = Form(None),
+                           model: str | None = Form(None), output_format: str | None = Form(None),
+                           quality: str | None = Form(None), background: str | None = Form(None),
+                           user: str | None = Form(None)):
+        t0 = time.perf_counter()
+        files = list(image_list) + list(image)
+        if mask is not None:
+            raise APIError(400, "mask_not_supported", "mask is not supported; DyRef edits from references only", "mask")
+        if response_format not in (None, "b64_json"):
+            raise APIError(400, "unsupported_response_format", "only response_format=b64_json is served", "response_format")
+        if not files:
+            raise APIError(400, "missing_image", "at least one image (image[] or image) is required", "image")
+        if len(files) > cfg.max_references:
+            raise APIError(400, "too_many_references",
+                           f"{len(files)} images given; at most {cfg.max_references} are allowed", "image")
+        w, h = parse_size(size)
+        refs = [RefIn(role="subject", data=await f.read(), param=f"image[{i}]") for i, f in enumerate(files)]
+        fmt = output_format or "png"
+        job = await prepared(prompt=prompt, refs=refs, n=n, width=w, height=h, output_format=fmt,
+                             size_param="size" if size else None)
+        admit()
+        try:
+            res = await call(job)
+        finally:
+            release()
+        M.GATEWAY_IMAGES.inc(len(res.images))
+        return OpenAIImagesResponse(created=int(time.time()), data=[OpenAIImage(b64_json=_b64(b)) for b in res.images],
+                                    policy_version=res.policy_version)
+
+    _ops_routes(app, cfg, backend, jobs, state)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _strip_422(app)
+    max_body = cfg.max_references * (cfg.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
+    app.add_middleware(_Observe, max_body=max_body)
+    app.state.gateway = {"tasks": tasks, "state": state, "capacity": capacity}
+    return app
+
+
+def _ops_routes(app: FastAPI, cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, state: dict) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/healthz", summary="Liveness: the gateway process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: a model is loaded and Redis answers",
+             responses={503: ERROR_RESPONSES[503]})
+    async def readyz():
+        try:
+            st = await asyncio.wait_for(backend.stats(), timeout=5.0)
+        except Exception as e:  # noqa: BLE001
+            st = {"ready": False, "load_error": f"generator unavailable: {type(e).__name__}"}
+        redis_ok = await jobs.ping() if jobs is not None else False
+        if st.get("ready") and redis_ok:
+            state["ready"] = True
+            return {"status": "ready", "model": True, "redis": True, "policy_version": st.get("policy_version"),
+                    "replica": st.get("replica"), "weight_load_failures": st.get("weight_load_failures", {})}
+        why = []
+        if not st.get("ready"):
+            why.append("model: " + (st.get("load_error") or "loading"))
+        if not redis_ok:
+            why.append("redis: unreachable")
+        return envelope(APIError(503, "not_ready", "; ".join(why), None, headers={"Retry-After": str(cfg.retry_after_s)}))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+        await _mirror_generator_metrics(backend, state)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _mirror_generator_metrics(backend: Backend, state: dict) -> None:
+    """The generator replica counts in its own process; mirror its served version and weight-load
+    failures into this registry so one scrape of /metrics shows them (one replica per scrape)."""
+    try:
+        st = await asyncio.wait_for(backend.stats(), timeout=1.0)
+    except Exception:  # noqa: BLE001 - metrics must not fail because the generator is busy
+        return
+    name = st.get("replica") or "gateway"
+    if name.endswith(f"-{os.getpid()}"):
+        return  # same process (tests, local backend): the counters are already in this registry
+    if st.get("policy_version") is not None:
+        M.POLICY_VERSION_SERVED.labels(name).set(st["policy_version"])
+    seen = state["seen_failures"].setdefault(name, {})
+    for reason, count in (st.get("weight_load_failures") or {}).items():
+        if count > seen.get(reason, 0):
+            M.WEIGHT_LOAD_FAILURES.labels(name, reason).inc(count - seen.get(reason, 0))
+            seen[reason] = count
+
+
+def _strip_422(app: FastAPI) -> None:
+    """FastAPI documents 422 for every route; this gateway answers validation errors as 400 envelopes."""
+    original: Callable[[], dict] = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                if isinstance(op, dict):
+                    op.get("responses", {}).pop("422", None)
+        comps = schema.get("components", {}).get("schemas", {})
+        for k in ("HTTPValidationError", "ValidationError"):
+            comps.pop(k, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
