@@ -74,7 +74,7 @@ def _mount_optional() -> None:
     # Sub-apps live beside the code they drive; they are mounted when present.
     import importlib
     for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train"),
-                            ("common.policy.cli", "adapter_app", "adapter")):
+                            ("common.policy.cli", "adapter_app", "adapter"), ("services.gateway.cli", "gateway_app", "gateway")):
         try:
             sub = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError):
@@ -83,6 +83,12 @@ def _mount_optional() -> None:
 
 
 _mount_optional()
+try:
+    from services.cli import register as _register_services
+except ImportError:  # pragma: no cover - services are part of the distribution
+    _register_services = None
+if _register_services:
+    _register_services(app)
 
 if __name__ == "__main__":
     app()

@@ -80,6 +80,7 @@ class SDEConfig(_Section):
 class PolicyConfig(_Section):
     family: Literal["flux2-klein", "qwen-image-edit-plus"] = Field("flux2-klein", description="Diffusers pipeline family.")
     source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
+    tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, RECIPES.md §8).")
     path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype.")
     device: str = Field("cpu", description="torch device of the policy.")
@@ -240,12 +241,12 @@ class GatewayConfig(_Section):
     allow_url_fetch: bool = Field(False, description="Fetch reference images by URL (off by default).")
     url_allow_list: list[str] = Field(default_factory=list, description="Hosts URL fetching may reach when enabled.")
     replicas: int = Field(1, ge=1, description="Generator deployment replicas.")
-
     max_batch_size: int = Field(4, ge=1, description="@serve.batch max_batch_size of the generator deployment (run under one lock).")
     batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch batch_wait_timeout_s of the generator deployment.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 (queue full) and 503 (no model ready).")
     timeout_s: float = Field(600.0, gt=0, description="Longest a generation may take before the gateway answers 504.")
     url_fetch_timeout_s: float = Field(10.0, gt=0, description="Timeout of one reference-image URL fetch (when enabled).")
+
 
 class BenchConfig(_Section):
     metadata: str | None = Field(None, description="OmniRef-Bench metadata json (list of {image, prompt, edit_image, index, category}).")
@@ -272,7 +273,8 @@ class DyRefConfig(BaseSettings):
 
     profile: str = Field("cpu-tiny", description="Name of the profile this tree was loaded from.")
     run_dir: str = Field("runs", description="Root of run outputs (checkpoints, reports).")
-    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of this process (0 = none).")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of this process (0 = none); generator actors use the following ports, one each.")
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoints bind to (0.0.0.0 in containers).")
     redis: RedisConfig = Field(default_factory=RedisConfig, description="Transport.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Diffusion policy.")

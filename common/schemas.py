@@ -110,6 +110,7 @@ class ScoreResponse(_Wire):
     scorer: str
     scores: tuple[tuple[float | None, ...], ...]
     seconds: float = 0.0
+    batch_images: int = Field(0, ge=0, description="Images in the batched model call this answer came from.")
 
 
 # ---- HTTP (gateway) ----------------------------------------------------------------------------
@@ -152,9 +153,9 @@ class GeneratedImage(BaseModel):
     width: int
     height: int
     seed: int
-
     index: int = Field(0, ge=0, description="Member of the request's batch; image i is reproduced by the same seed with n > i.")
     format: Literal["png", "jpeg", "webp"] = "png"
+
 
 class GenerateResponse(BaseModel):
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -176,7 +177,6 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
-GenerateResponse.model_rebuild()
 class OpenAIImage(BaseModel):
     b64_json: str
     revised_prompt: str | None = None
@@ -189,4 +189,5 @@ class OpenAIImagesResponse(BaseModel):
     policy_version: int | None = None
 
 
+GenerateResponse.model_rebuild()
 

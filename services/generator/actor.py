@@ -10,9 +10,12 @@ __all__ = ["GeneratorActor", "start_generators"]
 
 @ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
 class GeneratorActor:
-    def __init__(self, generator_id: str, cfg: dict, redis_url: str, threads: int = 1):
+    def __init__(self, generator_id: str, cfg: dict, redis_url: str, threads: int = 1, metrics_port: int = 0):
         import torch
         torch.set_num_threads(threads)
+        if metrics_port:  # each actor is its own process with its own registry to scrape
+            from common.metrics import serve_metrics
+            serve_metrics(metrics_port, addr=DyRefConfig.from_dict(cfg).metrics_host)
         from services.generator.worker import GeneratorWorker
         from services.reward.client import RewardClient
         self.cfg = DyRefConfig.from_dict(cfg)
@@ -39,6 +42,7 @@ def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, pre
     out = []
     for i in range(n):
         a = GeneratorActor.options(name=f"{prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus,
-                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url)
+                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url,
+                                                          metrics_port=cfg.metrics_port + 1 + i if cfg.metrics_port else 0)
         out.append((a, a.run.remote()))
     return out

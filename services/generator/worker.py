@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.images import ImageError, decode_image, encode_image
-from common.policy import build_policy
+from common.policy import GroupRollout, build_policy
 from common.policy.families import to_pil
 from common.schemas import GroupHeader, Task, group_id_for
 from common.transport import ChecksumError, Entry, Keys, WeightsMissing, WeightStore, connect
@@ -35,9 +36,22 @@ class WeightSyncError(RuntimeError):
     """The generator could not reach the policy version a task requires."""
 
 
+@dataclass
+class _InFlight:
+    entry: Entry
+    task: Task
+    rollout: GroupRollout
+    version: int
+    scoring: object
+    sample_s: float
+    scored_at: float
+
+
 class GeneratorWorker:
     def __init__(self, generator_id: str, cfg: DyRefConfig, redis_url: str, score_group: Callable):
-        """`score_group(task, images_png: list[bytes]) -> {reward name: [G][J] scores or None}`."""
+        """`score_group(task, images_png: list[bytes]) -> {reward name: [G][J] scores or None}`; a
+        client with ``submit``/``collect`` halves (services.reward.client.RewardClient) lets scoring
+        overlap the next group's sampling."""
         self.id, self.cfg = generator_id, cfg
         self.policy = build_policy(cfg.policy).eval()
         self.r = connect(redis_url, cfg.redis)
@@ -45,7 +59,8 @@ class GeneratorWorker:
         self.tasks = task_queue(self.r, self.keys, cfg.redis)
         self.groups = group_queue(self.r, self.keys, cfg.redis)
         self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep)
-        self.score_group = score_group
+        self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
+        self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self.version = -1
         self.groups_done = 0
         self.refused_versions: set[int] = set()
@@ -82,14 +97,14 @@ class GeneratorWorker:
             time.sleep(0.05)
 
     # ---- one task ------------------------------------------------------------------------------
-    def next_entry(self, block_ms: int = 500) -> Entry | None:
+    def next_entry(self, block_ms: int | None = 500) -> Entry | None:
         entries = self.tasks.read(self.id, count=1, block_ms=block_ms)
         if not entries:
             entries, _dead = self.tasks.reclaim(self.id, count=1)
         return entries[0] if entries else None
 
-    def process(self, entry: Entry) -> GroupHeader | None:
-        """Run one task to a published group; bad tasks are dead-lettered, not retried."""
+    def start(self, entry: Entry) -> _InFlight | None:
+        """Sample the task's group and send it to the reward workers; bad tasks are dead-lettered."""
         try:
             blob = self.tasks.blob(entry)
             if blob is None:
@@ -100,47 +115,65 @@ class GeneratorWorker:
         except (CodecError, ValidationError, ImageError) as e:
             self.tasks.dead_letter(entry, f"bad task: {e}")
             return None
-        self.sync_weights(task.policy_version)
-        version = self.version
+        self.sync_weights(task.policy_version)  # between groups only: never mid-group
         t0 = time.perf_counter()
         rollout = self.policy.sample_group(task.prompt, refs, task.group_size, task.sampling, task.seed)
         t1 = time.perf_counter()
         pngs = [encode_image(im) for im in to_pil(rollout.images)]
-        rewards = self.score_group(task, pngs)
+        return _InFlight(entry, task, rollout, self.version, self._submit(task, pngs), t1 - t0, time.perf_counter())
+
+    def finish(self, job: _InFlight) -> GroupHeader:
+        """Wait for the scores, publish the group (blob + header in one transaction), then ack the task."""
+        rewards = self._collect(job.scoring)
         t2 = time.perf_counter()
-        gid = group_id_for(task.task_id, task.policy_version)
-        payload = {"rollout": rollout.to_wire(), "rewards": rewards, "task_id": task.task_id,
+        task, gid = job.task, group_id_for(job.task.task_id, job.task.policy_version)
+        payload = {"rollout": job.rollout.to_wire(), "rewards": rewards, "task_id": task.task_id,
                    "record_index": task.record_index}
         blob = encode(payload)
-        header = GroupHeader(group_id=gid, task_id=task.task_id, policy_version=version, generator_id=self.id,
+        header = GroupHeader(group_id=gid, task_id=task.task_id, policy_version=job.version, generator_id=self.id,
                              blob_key=self.keys.blob("group", gid), blob_bytes=len(blob),
                              blob_sha256=hashlib.sha256(blob).hexdigest(), group_size=task.group_size,
-                             n_refs=task.n_refs, timings={"sample": t1 - t0, "score": t2 - t1})
+                             n_refs=task.n_refs, timings={"sample": job.sample_s, "score": t2 - job.scored_at})
         self.groups.add({"header": header.model_dump_json()}, blob=blob, blob_key=header.blob_key)
-        self.tasks.ack(entry)  # only now: the group is durably published
+        self.tasks.ack(job.entry)  # only now: the group is durably published
         t3 = time.perf_counter()
-        for phase, dt in (("sample", t1 - t0), ("score", t2 - t1), ("publish", t3 - t2)):
+        for phase, dt in (("sample", job.sample_s), ("score", t2 - job.scored_at), ("publish", t3 - t2)):
             M.PHASE_SECONDS.labels("generator", phase).observe(dt)
         M.GROUPS_PUBLISHED.labels(self.id).inc()
         M.IMAGES_GENERATED.labels(self.id).inc(task.group_size)
         self.groups_done += 1
         return header
 
+    def process(self, entry: Entry) -> GroupHeader | None:
+        """One task start to finish (no overlap)."""
+        job = self.start(entry)
+        return self.finish(job) if job is not None else None
+
     def run(self, should_stop: Callable[[], bool], idle_sync_s: float = 0.5) -> int:
-        """Loop until `should_stop()`; keeps the weights fresh between groups even when idle."""
-        last_sync = 0.0
+        """Loop until `should_stop()`, sampling group k+1 while group k is being scored.
+
+        At most one group is in flight besides the one being sampled; it is finished (published,
+        task acked) before the next is started. Weights stay fresh between groups even when idle.
+        """
+        last_sync, pending = 0.0, None
         while not should_stop():
-            entry = self.next_entry()
-            if entry is None:
+            entry = self.next_entry(block_ms=None if pending else 500)  # None: no BLOCK (0 would block forever)
+            started = None
+            if entry is not None:
+                try:
+                    started = self.start(entry)
+                except WeightSyncError as e:
+                    log.warning("%s", e)  # the task stays pending; another try (or generator) picks it up
+            if pending is not None:
+                self.finish(pending)
+            pending = started
+            if entry is None and pending is None:
                 if time.monotonic() - last_sync > idle_sync_s:
                     try:
                         self.sync_weights(0, timeout_s=0)
                     except WeightSyncError:
                         pass  # nothing published yet
                     last_sync = time.monotonic()
-                continue
-            try:
-                self.process(entry)
-            except WeightSyncError as e:
-                log.warning("%s", e)  # the task stays pending; another try (or generator) picks it up
+        if pending is not None:
+            self.finish(pending)
         return self.groups_done

@@ -27,14 +27,14 @@ from common.policy.sde import sde_step, step_std
 from common.rl import EMA, admission_capacity, is_stale, kl_penalty, ppo_loss, version_lag
 from common.schemas import GroupHeader, SamplingParams
 from common.transport import Entry, Keys, StreamQueue, WeightStore, connect
+from services.learner.audit import read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.signals import batch_signals
 from services.learner.tasks import TaskSource
 
-__all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue", "AUDIT_FIELDS"]
+__all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue"]
 
 log = logging.getLogger("dyref.learner")
-AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "dead_lettered")
 
 
 def task_queue(r, keys: Keys, rc) -> StreamQueue:
@@ -106,14 +106,7 @@ class RLRecipe:
 
     # ---- accounting ----------------------------------------------------------------------------
     def audit(self) -> dict[str, int]:
-        raw = self.r.hgetall(self.keys.audit)
-        counts = {f: int(raw.get(f.encode(), 0)) for f in AUDIT_FIELDS}
-        counts["dead_lettered"] = self.tasks.dead_letters() + self.groups.dead_letters()
-        counts["in_flight"] = counts["admitted"] - counts["consumed"] - counts["dropped_stale"] - counts["dead_lettered"]
-        for k, v in counts.items():
-            M.AUDIT.labels(k).set(v)
-        M.TASKS_IN_FLIGHT.set(counts["in_flight"])
-        return counts
+        return read_audit(self.r, self.keys, self.cfg.redis)
 
     # ---- admit ---------------------------------------------------------------------------------
     def admit(self) -> int:
@@ -240,6 +233,8 @@ class RLRecipe:
         out["dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
         out["p_bar_mean"] = float(sig.p_bar.mean())
         out["version_lag_mean"] = sum(g.lag for g in batch) / len(batch)
+        for phase in ("sample", "score"):
+            out[f"generator/{phase}_s"] = sum(g.header.timings.get(phase, 0.0) for g in batch) / len(batch)
         self._export(out, sig)
         return out
 

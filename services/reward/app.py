@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from common import metrics as M
 from common.config import RewardsConfig
 from common.schemas import ScoreRequest, ScoreResponse
 from services.reward.scoring import build_group_scorer
@@ -43,11 +42,10 @@ class ScorerDeployment:
         t0 = time.perf_counter()
         rows = self.scorer(requests)
         dt = time.perf_counter() - t0
-        M.REWARD_BATCH_SIZE.labels(self.name).observe(sum(len(r.images) for r in requests))
-        missing = sum(v is None for rs in rows for row in rs for v in row)
-        if missing:
-            M.REWARD_MISSING.labels(self.name).inc(missing)
-        return [ScoreResponse(scorer=self.name, scores=tuple(tuple(row) for row in rs), seconds=dt) for rs in rows]
+        n = sum(len(r.images) for r in requests)
+        # replicas report through their answers: the caller (a generator) exports the metrics
+        return [ScoreResponse(scorer=self.name, scores=tuple(tuple(row) for row in rs), seconds=dt, batch_images=n)
+                for rs in rows]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:

@@ -39,6 +39,13 @@ class RewardClient:
         self.handles = handles
 
     def __call__(self, task: Task, pngs: list[bytes]) -> dict[str, list | None]:
+        return self.collect(self.submit(task, pngs))
+
+    def submit(self, task: Task, pngs: list[bytes]) -> tuple[dict, dict]:
+        """Send every applicable component's request now; :meth:`collect` waits for the answers.
+
+        Splitting the two lets a generator sample its next group while this one is scored.
+        """
         gid = group_id_for(task.task_id, task.policy_version)
         calls, out = {}, {}
         for c in self.cfg.components:
@@ -49,9 +56,18 @@ class RewardClient:
             req = ScoreRequest(group_id=gid, images=tuple(pngs), against=against, prompt=task.prompt,
                                references=task.references, n_refs=task.n_refs)
             calls[c.name] = (c.scorer, req, time.perf_counter(), self.handles[c.scorer].score.remote(req))
+        return calls, out
+
+    def collect(self, submitted: tuple[dict, dict]) -> dict[str, list | None]:
+        calls, out = submitted
         for name, (scorer, req, t0, pending) in calls.items():
-            out[name] = [list(row) for row in self._result(scorer, req, pending).scores]
+            resp = self._result(scorer, req, pending)
+            out[name] = [list(row) for row in resp.scores]
             M.REWARD_LATENCY.labels(scorer).observe(time.perf_counter() - t0)
+            M.REWARD_BATCH_SIZE.labels(scorer).observe(resp.batch_images)
+            missing = sum(v is None for row in resp.scores for v in row)
+            if missing:
+                M.REWARD_MISSING.labels(scorer).inc(missing)
         return out
 
     def _result(self, scorer: str, req: ScoreRequest, first):

@@ -1,0 +1,111 @@
+"""One service per process (what docker compose and Kubernetes run), plus `dyref audit`.
+
+    dyref rewards    deploy the reward Serve app on the Ray cluster and stay up
+    dyref generator  run N generator actors on the Ray cluster until stopped
+    dyref learner    run the RL learner (needs Redis only, not Ray)
+    dyref audit      print the accounting audit of a run from Redis
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+ProfileOpt = typer.Option(None, "--config", "-c", help="Profile name in configs/ or a YAML path.")
+
+
+def _setup(profile: Optional[str], ray: bool):
+    from common.cli import _load
+    from common.metrics import serve_metrics
+    from common.transport import ensure_redis
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _load(profile)
+    url, embedded = ensure_redis(cfg.redis)
+    if cfg.metrics_port:
+        serve_metrics(cfg.metrics_port, addr=cfg.metrics_host)
+    if ray:
+        from services.local import init_ray
+        init_ray(cfg.ray)
+    return cfg, url, embedded
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def rewards(profile: Optional[str] = ProfileOpt):
+        """Deploy the reward application (one deployment per scorer) and keep it up until stopped."""
+        from services.launch import StopFlag, start_reward_app
+        cfg, _, _ = _setup(profile, ray=True)
+        start_reward_app(cfg)
+        console.print(f"reward app up: {sorted({c.scorer for c in cfg.rewards.components})}")
+        stop = StopFlag()
+        with stop.on_signals():
+            while not stop():
+                time.sleep(0.5)
+
+    @app.command()
+    def generator(profile: Optional[str] = ProfileOpt,
+                  replicas: int = typer.Option(1, help="Generator actors to run (one per GPU)."),
+                  prefix: str = typer.Option("generator", help="Actor name prefix (unique per process).")):
+        """Run generator actors against the shared Redis and Ray cluster until stopped."""
+        import ray
+
+        from services.generator.actor import start_generators
+        from services.launch import StopFlag
+        cfg, url, _ = _setup(profile, ray=True)
+        gpus = 1.0 if cfg.policy.device.startswith("cuda") else 0.0
+        gens = start_generators(cfg, url, n=replicas, prefix=prefix, num_gpus=gpus)
+        stop = StopFlag()
+        with stop.on_signals():
+            while not stop():
+                done, _ = ray.wait([r for _, r in gens], timeout=0.5)
+                if done:
+                    ray.get(done)  # surfaces the actor's error and exits non-zero
+                    raise typer.Exit(1)
+        for a, _ in gens:
+            a.stop.remote()
+        ray.get([r for _, r in gens], timeout=120)
+
+    @app.command()
+    def learner(profile: Optional[str] = ProfileOpt,
+                steps: Optional[int] = typer.Option(None, help="Learner steps (default: rl.total_steps)."),
+                records: Optional[str] = typer.Option(None, help="Training records (jsonl); default: the synthetic task."),
+                image_root: Optional[str] = typer.Option(None, help="Folder the records' paths are relative to."),
+                cases: int = typer.Option(256, help="Synthetic training cases when no --records.")):
+        """Run the RL learner against the shared Redis (generators and rewards run elsewhere)."""
+        from services.launch import StopFlag
+        from services.learner.cli import task_source_for
+        from services.learner.rl_recipe import RLRecipe
+        cfg, url, _ = _setup(profile, ray=False)
+        recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
+        stop = StopFlag()
+        with stop.on_signals():
+            state = recipe.train(steps=steps, should_stop=stop,
+                                 on_step=lambda s: logging.getLogger("dyref.learner").info(
+                                     "step %d v%d %s", s["step"], s["version"],
+                                     {k: round(v, 4) for k, v in s.items() if k.startswith("reward/")}))
+        console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit()}))
+
+    @app.command()
+    def audit(profile: Optional[str] = ProfileOpt, as_json: bool = typer.Option(False, "--json")):
+        """Every admitted task ends as exactly one of consumed / dropped_stale / dead_lettered."""
+        from common.cli import _load
+        from common.transport import Keys, connect
+        from services.learner.audit import read_audit
+        cfg = _load(profile)
+        r = connect(cfg.redis.url, cfg.redis)
+        counts = read_audit(r, Keys(cfg.redis.namespace), cfg.redis)
+        if as_json:
+            console.print_json(json.dumps(counts))
+            return
+        t = Table(title=f"audit of {cfg.redis.url.split('@')[-1]} namespace {cfg.redis.namespace}")
+        t.add_column("outcome")
+        t.add_column("tasks", justify="right")
+        for k, v in counts.items():
+            t.add_row(k, str(v))
+        console.print(t)
