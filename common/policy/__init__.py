@@ -44,7 +44,9 @@ def build_policy(cfg) -> MRIGPolicy:
     from common.policy import tiny
     dtype = _DTYPES[cfg.dtype]
     if cfg.source == "tiny":
-        if cfg.family == "flux2-klein":
+        if cfg.family == "flux2-klein" and getattr(cfg, "tiny_size", "tiny") == "small":
+            pipe, out_layers = tiny.build_small_flux2_klein(cfg.seed), tiny.SMALL_FLUX_OUT_LAYERS
+        elif cfg.family == "flux2-klein":
             pipe, out_layers = tiny.build_tiny_flux2_klein(cfg.seed), tiny.TINY_FLUX_OUT_LAYERS
         else:
             pipe, out_layers = tiny.build_tiny_qwen_image_edit_plus(cfg.seed), None

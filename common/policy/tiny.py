@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["tiny_tokenizer", "tiny_processor", "build_tiny_flux2_klein", "build_tiny_qwen_image_edit_plus",
-           "load_pretrained", "PolicyLoadError", "TINY_FLUX_OUT_LAYERS"]
+           "load_pretrained", "PolicyLoadError", "TINY_FLUX_OUT_LAYERS",
+           "build_small_flux2_klein", "small_word_tokenizer", "SMALL_FLUX_OUT_LAYERS"]
 
 # the tiny Qwen3 text encoder has 2 layers; the real Klein takes layers (9, 18, 27)
 TINY_FLUX_OUT_LAYERS = (1,)
@@ -156,3 +157,90 @@ def load_pretrained(family: str, path: str | os.PathLike, dtype: torch.dtype):
         return cls.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - surface one clear error naming the path
         raise PolicyLoadError(f"cannot load {family} pipeline from {p}: {type(e).__name__}: {e}") from e
+
+
+# --- "small" profile: a tiny Flux2Klein that can learn the synthetic composition task (RECIPES.md §8) ---
+
+# whole words of the synthetic task's prompts (common/synthetic/prompts.py + subject names); anything
+# else maps to [UNK]. Lower-cased by the tokenizer's normaliser.
+_SMALL_WORDS = """a adopts aesthetics against an and artistic as at backdrop background blue body bottom center
+circle cross cyan diamond dotted everything follow from generated green image in is left light lighting like
+magenta make matching of orange overall place pose position purple put red reference render resemble
+resembling right ring scene semicircle set should shown sits skeleton square star striped style
+stylistically takes the top triangle use visual white with yellow user assistant system""".split()
+SMALL_FLUX_OUT_LAYERS = (1,)
+
+
+def small_word_tokenizer():
+    """Word-level tokenizer (task words, digits, punctuation, Qwen specials) so a 6-reference prompt
+    fits ~100 tokens instead of ~400 bytes; same chat template as :func:`tiny_tokenizer`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {t: i for i, t in enumerate(_SPECIALS + sorted(set(_SMALL_WORDS)) + list("0123456789.,()'-:;!?")
+                                        + ["[UNK]"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": _SPECIALS[1:]})
+    tok.chat_template = tiny_tokenizer().chat_template
+    return tok
+
+
+def _pixel_codec_cls():
+    from types import SimpleNamespace
+
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+
+    class PixelUnshuffleCodec(ModelMixin, ConfigMixin):
+        """Lossless "VAE": pixel-unshuffle x2 (12 latent channels; the pipeline patchifies to 48 =
+        4x4 px x RGB per token). BN stats are identity. The Flux2 pipeline needs block_out_channels
+        (scale factor), bn running stats, batch_norm_eps, encode().latents and decode(return_dict=False)."""
+
+        @register_to_config
+        def __init__(self, block_out_channels=(1, 1), latent_channels=12, batch_norm_eps=0.0):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(4 * latent_channels, affine=False, eps=batch_norm_eps)
+            self.bn.running_var.fill_(1.0)
+            self._anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # gives the module a dtype/device
+
+        def encode(self, x, return_dict=True):
+            lat = torch.nn.functional.pixel_unshuffle(x, 2).to(self._anchor.dtype)
+            return SimpleNamespace(latents=lat) if return_dict else (lat,)
+
+        def decode(self, z, return_dict=True):
+            img = torch.nn.functional.pixel_shuffle(z, 2)
+            return (img,) if not return_dict else SimpleNamespace(sample=img)
+
+    return PixelUnshuffleCodec
+
+
+def build_small_flux2_klein(seed: int = 0):
+    """Flux2KleinPipeline sized for SFT on the synthetic task (RECIPES.md §8, ~0.37 M transformer
+    params): hidden 64 (4 heads x 16), 1 double + 3 single blocks, a lossless pixel-unshuffle codec
+    (4x4 px per token, 48 channels: 32 px -> 64 tokens), word-level tokenizer, 2-layer Qwen3 text
+    encoder (hidden 32, embeddings at unit scale so the frozen random encoder still separates words).
+    Use ``max_sequence_length`` >= 112 for 6-reference synthetic prompts."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    tok = small_word_tokenizer()
+    rng = _seeded(seed)
+    try:
+        transformer = Flux2Transformer2DModel(
+            patch_size=1, in_channels=48, num_layers=1, num_single_layers=3, attention_head_dim=16,
+            num_attention_heads=4, joint_attention_dim=32, timestep_guidance_channels=64,
+            axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+        te = Qwen3ForCausalLM(Qwen3Config(
+            hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+            head_dim=16, vocab_size=len(tok), max_position_embeddings=2048, bos_token_id=None, initializer_range=0.5,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        vae = _pixel_codec_cls()()
+    finally:
+        rng.__exit__(None, None, None)
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = Flux2KleinPipeline(scheduler=sched, text_encoder=te, tokenizer=tok, transformer=transformer, vae=vae)
+    for m in (transformer, te, vae):
+        m.eval()
+    return pipe
