@@ -70,11 +70,12 @@ async function generate() {
       img.className = "result";
       $("images").appendChild(img);
     }
-    const rows = [["policy version", data.policy_version === null ? "initial (none published)" : data.policy_version],
+    const version = data.policy_version === null ? "initial (none published)" : data.policy_version;
+    const rows = [["policy version", version],
                   ["request id", data.id], ["round trip (browser)", `${((performance.now() - t0) / 1000).toFixed(3)} s`]];
     for (const [k, v] of Object.entries(data.timings || {})) rows.push([k, k.endsWith("_s") ? `${v.toFixed(4)} s` : v]);
     $("meta").innerHTML = "<table>" + rows.map(([k, v]) => `<tr><td>${k}</td><td class="v" data-k="${k}">${v}</td></tr>`).join("") + "</table>";
-    $("status").textContent = `done: ${data.images.length} image(s), policy version ${data.policy_version}`;
+    $("status").textContent = `done: ${data.images.length} image(s), policy version ${version}`;
   } catch (e) {
     showError({ message: String(e), code: "client_error" });
     $("status").textContent = "failed";
