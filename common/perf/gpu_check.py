@@ -269,7 +269,8 @@ def _train(policy, ro, args, dev, notes) -> dict:
     return out
 
 
-def _weight_sync(policy, dev) -> dict:
+def _weight_sync(policy, dev, bulk_limit: int | None = None) -> dict:
+    """bulk_limit: set Redis proto-max-bulk-len first (tests exercise the over-limit path with it)."""
     from common.transport import EmbeddedRedis, Keys, WeightStore, connect
     t = time.perf_counter()
     data = policy.trainable_state()
@@ -280,16 +281,18 @@ def _weight_sync(policy, dev) -> dict:
         try:
             r = connect(srv.url)
             ws = WeightStore(r, Keys("gpu-check"), keep=2)
-            try:
-                t = time.perf_counter()
-                wv = ws.publish(data, 1, kind=policy.finetune)
-            except Exception as e:  # noqa: BLE001 - the store's limit is a finding, not a crash
-                out["error_default_config"] = f"{type(e).__name__}: {str(e)[:200]}"
-                # what it takes: Redis refuses values over proto-max-bulk-len (512 MB by default)
+            if bulk_limit:
+                r.config_set("proto-max-bulk-len", str(bulk_limit))
+            limit = int(r.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+            if len(data) > limit:
+                # Redis resets the connection on a value over proto-max-bulk-len (512 MiB by default), and the
+                # client's retries would resend it: record the finding without sending, then raise the limit
+                out["error_default_config"] = (f"payload {len(data)} B exceeds Redis proto-max-bulk-len {limit} B: "
+                                               "the default server resets the connection on publish")
                 r.config_set("proto-max-bulk-len", str(2 * len(data) + 2 ** 20))
                 out["raised_proto_max_bulk_len"] = 2 * len(data) + 2 ** 20
-                t = time.perf_counter()
-                wv = ws.publish(data, 1, kind=policy.finetune)
+            t = time.perf_counter()
+            wv = ws.publish(data, 1, kind=policy.finetune)
             out["publish_s"] = time.perf_counter() - t
             t = time.perf_counter()
             got = ws.fetch(ws.latest())
@@ -306,7 +309,10 @@ def _weight_sync(policy, dev) -> dict:
     return out
 
 
-def run_check(args) -> dict:
+def run_check(args, on_phase=None) -> dict:
+    """All phases -> the report dict. on_phase(report) is called after each phase (partial reports survive
+    a timeout)."""
+    on_phase = on_phase or (lambda rep: None)
     t0 = time.perf_counter()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     card = card_name()
@@ -346,6 +352,7 @@ def run_check(args) -> dict:
     report["sampling"] = sampling if "sampling" not in skip else {**sampling, "note": "ran: other phases need it"}
     report["shapes"] = _shapes(policy, ro, args)
     phase_s["sampling"] = time.perf_counter() - t
+    on_phase(report)
     for name, fn in (("mfu", lambda: _mfu(policy, ro, args, refs, dev, card, sampling)),
                      ("train", lambda: _train(policy, ro, args, dev, notes)),
                      ("weight_sync", lambda: _weight_sync(policy, dev))):
@@ -357,6 +364,7 @@ def run_check(args) -> dict:
                 log.exception("phase %s failed", name)
                 report[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             phase_s[name] = time.perf_counter() - t
+            on_phase(report)
     phase_s["total"] = time.perf_counter() - t0
     return report
 
@@ -391,11 +399,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads or args.profile == "cpu-tiny":
         torch.set_num_threads(args.threads or 1)
-    rep = run_check(args)
+    card = card_name()
     path = Path(args.out) if args.out else Path(args.out_dir) / (
-        f"{card_slug(rep['card'])}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+        f"{card_slug(card)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    print(f"gpu_check on {card}: report -> {path}", flush=True)
+
+    def write(rep):
+        path.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    rep = run_check(args, on_phase=write)
+    write(rep)
     print(_summary(rep))
     print(f"report: {path}")
     return 0

@@ -74,3 +74,16 @@ def test_count_flops_matches_matmul_formula():
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     flops, out = count_flops(lambda: a @ b)
     assert flops == 2 * 8 * 16 * 4 and out.shape == (8, 4)
+
+
+def test_weight_sync_over_the_redis_bulk_limit_is_reported_then_measured():
+    """A rank-64 LoRA of the real models (Qwen 1.6 GiB, Klein-9B 0.5 GiB fp32) exceeds Redis's 512 MiB
+    value limit; the check names that and measures with the limit raised (here: 1 MiB vs a ~9 MB LoRA)."""
+    torch.set_num_threads(1)
+    from common.config import load_config
+    from common.policy import build_policy
+    base = load_config("cpu-tiny").policy
+    pol = build_policy(base.model_copy(update={"lora": base.lora.model_copy(update={"rank": 2048, "alpha": 2048.0})}))
+    out = gpu_check._weight_sync(pol, torch.device("cpu"), bulk_limit=2 ** 20)
+    assert out["nbytes"] > 2 ** 20 and "exceeds Redis proto-max-bulk-len 1048576" in out["error_default_config"]
+    assert out["raised_proto_max_bulk_len"] > out["nbytes"] and out["publish_to_load_s"] > 0
