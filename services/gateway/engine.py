@@ -73,7 +73,6 @@ class GeneratorCore:
         """Switch to the newest published version if it is new and verifies. Call under ``self.lock``."""
         if self.store is None or self.policy is None or time.monotonic() < self._redis_down_until:
             return self.version
-        from common.policy import TrainableStateError
         from common.transport import ChecksumError, WeightsMissing
         try:
             latest = self.store.latest()
@@ -81,18 +80,23 @@ class GeneratorCore:
                 return self.version
             t0 = time.perf_counter()
             data = self.store.fetch(latest)
-            self.policy.load_trainable_state(data)
         except ChecksumError as e:
             self._refuse(latest.version, "checksum", e)
-        except TrainableStateError as e:
-            self._refuse(latest.version, "shape", e)
+            return self.version
         except WeightsMissing as e:
             self.failures["missing"] += 1
             M.WEIGHT_LOAD_FAILURES.labels(self.name, "missing").inc()
             log.warning("%s: %s", self.name, e)
+            return self.version
         except Exception as e:  # noqa: BLE001 - Redis unreachable: keep serving, retry in a few seconds
             self._redis_down_until = time.monotonic() + 5.0
             log.warning("%s: weight check failed (%s); serving version %s", self.name, e, self.version)
+            return self.version
+        try:
+            # load_trainable_state checks every key and shape before it copies anything
+            self.policy.load_trainable_state(data)
+        except Exception as e:  # noqa: BLE001 - wrong keys/shapes or not safetensors at all
+            self._refuse(latest.version, "shape" if type(e).__name__ == "TrainableStateError" else "invalid", e)
         else:
             self.version = latest.version
             M.POLICY_VERSION_SERVED.labels(self.name).set(latest.version)
