@@ -47,6 +47,7 @@ class RedisConfig(_Section):
     claim_idle_ms: int = Field(30_000, ge=10, description="An entry pending this long with its consumer silent is reclaimed by the janitor.")
     dedup_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a consumed group id is remembered for de-duplication.")
     weights_keep: int = Field(3, ge=1, description="Weight versions kept in the weight store (older ones are deleted).")
+    weights_chunk_mb: int = Field(64, ge=1, le=511, description="Weight versions are split into keys of this size (one Redis value is capped at 512 MB).")
     max_payload_mb: int = Field(1024, ge=1, description="Largest blob the codec accepts; bigger payloads are refused before decoding.")
 
 
@@ -226,6 +227,9 @@ class RewardsConfig(_Section):
     batch_wait_s: float = Field(0.01, ge=0, description="@serve.batch batch_wait_timeout_s.")
     timeout_s: float = Field(60.0, gt=0, description="Per-call timeout seen by generators.")
     retries: int = Field(3, ge=0, description="Retries (with backoff) of a failed reward call.")
+    fault: Literal["none", "slow", "garbage"] = Field("none", description="Fault injection for chaos tests only: every `fault_every`-th batch of a scorer replica sleeps `fault_delay_s` (slow) or answers NaN/inf/None/wrong-shape tables (garbage).")
+    fault_every: int = Field(2, ge=1, description="Fault injection: which batches misbehave (every N-th, counted per replica).")
+    fault_delay_s: float = Field(0.0, ge=0, description="Fault injection: sleep of a slow batch (make it exceed timeout_s to exercise retries).")
 
 
 class GatewayConfig(_Section):

@@ -92,6 +92,7 @@ class WeightVersion(_Wire):
     nbytes: int = Field(..., ge=0)
     kind: Literal["lora", "full"]
     step: int = Field(0, ge=0)
+    chunks: int = Field(1, ge=1, description="The bytes are split over this many keys (Redis caps one value at 512 MB).")
     created_at: float = Field(default_factory=time.time)
 
 

@@ -36,8 +36,8 @@ class Keys:
         return self._k("consumed", group_id)
 
     # weights
-    def weights(self, version: int) -> str:
-        return self._k("weights", "v", version)
+    def weights(self, version: int, chunk: int = 0) -> str:
+        return self._k("weights", "v", version, chunk)
 
     def weights_meta(self, version: int) -> str:
         return self._k("weights", "meta", version)

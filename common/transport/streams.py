@@ -8,14 +8,18 @@ stream once it has been delivered `max_deliveries` times.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import redis
 
+from common.transport.backpressure import retry_on_oom
 from common.transport.keys import Keys
 
 __all__ = ["Entry", "StreamQueue"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,7 +40,8 @@ class StreamQueue:
     """One stream + its consumer group + its dead-letter stream."""
 
     def __init__(self, r: redis.Redis, keys: Keys, name: str, group: str, *, max_deliveries: int = 3,
-                 claim_idle_ms: int = 30_000, maxlen: int = 100_000, blob_ttl_s: int = 6 * 3600):
+                 claim_idle_ms: int = 30_000, maxlen: int = 100_000, blob_ttl_s: int = 6 * 3600,
+                 oom_wait_s: float = 600.0):
         self.r, self.keys, self.name, self.group = r, keys, name, group
         self.stream = keys.stream(name)
         self.dlq = keys.dead_letter(name)
@@ -44,6 +49,7 @@ class StreamQueue:
         self.claim_idle_ms = claim_idle_ms
         self.maxlen = maxlen
         self.blob_ttl_s = blob_ttl_s
+        self.oom_wait_s = oom_wait_s  # how long a write waits out a full Redis before RedisFull
         self._group_ready = False
 
     # ---- producer --------------------------------------------------------------------------
@@ -57,29 +63,55 @@ class StreamQueue:
                 raise
         self._group_ready = True
 
-    def add(self, fields: dict[str, str | int | float], blob: bytes | None = None, blob_key: str | None = None) -> str:
-        """XADD a header; with `blob`, SET the blob (with TTL) in the same transaction."""
+    def add(self, fields: dict[str, str | int | float], blob: bytes | None = None, blob_key: str | None = None,
+            *, count_in: tuple[str, str] | None = None, oom_wait_s: float | None = None) -> str:
+        """XADD a header; with `blob`, SET the blob (with TTL) in the same transaction.
+
+        `count_in=(hash, field)` is HINCRBY'd in the same transaction (an admission is counted
+        exactly when its task exists). At maxmemory the write backs off and retries for
+        `oom_wait_s` (default: the queue's) and then raises RedisFull; nothing was written.
+        """
         self.ensure_group()
         fields = {k: str(v) for k, v in fields.items()}
-        pipe = self.r.pipeline(transaction=True)
         if blob is not None:
             if not blob_key:
                 raise ValueError("blob_key is required with blob")
-            pipe.set(blob_key, blob, ex=self.blob_ttl_s)
             fields["blob_key"] = blob_key
-        pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
-        return _s(pipe.execute()[-1])
+
+        def write():
+            pipe = self.r.pipeline(transaction=True)
+            if blob is not None:
+                pipe.set(blob_key, blob, ex=self.blob_ttl_s)
+            if count_in:
+                pipe.hincrby(count_in[0], count_in[1], 1)
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+            return _s(pipe.execute()[-1])
+        return retry_on_oom(write, what=f"{self.name}.add", max_wait_s=self.oom_wait_s if oom_wait_s is None else oom_wait_s)
 
     # ---- consumer --------------------------------------------------------------------------
     def read(self, consumer: str, count: int = 1, block_ms: int | None = 1000) -> list[Entry]:
         """New entries for `consumer` (first delivery)."""
         self.ensure_group()
-        resp = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        resp = self._healing(lambda: self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count,
+                                                        block=block_ms))
         out = []
         for _stream, items in resp or []:
             for eid, f in items:
                 out.append(self._entry(eid, f, 1))
         return out
+
+    def _healing(self, call):
+        """Run a consumer-group call; if the group vanished (Redis restarted without persistence,
+        or the stream was deleted) recreate it once and retry instead of crashing the consumer."""
+        try:
+            return call()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("%s: consumer group %r vanished (Redis lost its data?): recreating it", self.stream, self.group)
+            self._group_ready = False
+            self.ensure_group()
+            return call()
 
     def _entry(self, eid, f, deliveries: int) -> Entry:
         fields = {_s(k): _s(v) for k, v in (f or {}).items()}
@@ -96,17 +128,28 @@ class StreamQueue:
         `mark_key` is SET NX (returns False when it already existed, i.e. the work was a duplicate);
         `count_in=(hash, field)` is HINCRBY'd in the same transaction, so the outcome of an entry is
         counted exactly when it is settled.
+
+        At maxmemory (Redis 6.2 refuses every command inside MULTI then) the entry's blob is
+        unlinked first, outside the transaction, to make room, and the transaction is retried.
+        Safe: the caller has already read the blob; if it dies before the retry lands, the entry
+        is redelivered without its blob and dead-lettered (counted), never silently lost.
         """
-        pipe = self.r.pipeline(transaction=True)
-        if mark_key:
-            pipe.set(mark_key, entry.id, nx=True, ex=mark_ttl_s or None)
-        pipe.xack(self.stream, self.group, entry.id)
-        pipe.xdel(self.stream, entry.id)
-        if delete_blob and entry.blob_key:
-            pipe.unlink(entry.blob_key)
-        if count_in:
-            pipe.hincrby(count_in[0], count_in[1], 1)
-        res = pipe.execute()
+        def settle():
+            pipe = self.r.pipeline(transaction=True)
+            if mark_key:
+                pipe.set(mark_key, entry.id, nx=True, ex=mark_ttl_s or None)
+            pipe.xack(self.stream, self.group, entry.id)
+            pipe.xdel(self.stream, entry.id)
+            if delete_blob and entry.blob_key:
+                pipe.unlink(entry.blob_key)
+            if count_in:
+                pipe.hincrby(count_in[0], count_in[1], 1)
+            return pipe.execute()
+
+        def make_room():
+            if delete_blob and entry.blob_key:
+                self.r.unlink(entry.blob_key)  # UNLINK alone is allowed at maxmemory
+        res = retry_on_oom(settle, what=f"{self.name}.ack", max_wait_s=self.oom_wait_s, before_retry=make_room)
         return bool(res[0]) if mark_key else True
 
     def dead_letter(self, entry: Entry, reason: str) -> str:
@@ -114,11 +157,14 @@ class StreamQueue:
         fields = dict(entry.fields)
         fields.update({"orig_id": entry.id, "reason": reason[:500], "deliveries": str(entry.deliveries),
                        "dead_at": f"{time.time():.3f}"})
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.dlq, fields, maxlen=self.maxlen, approximate=True)
-        pipe.xack(self.stream, self.group, entry.id)
-        pipe.xdel(self.stream, entry.id)
-        return _s(pipe.execute()[0])
+
+        def move():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.xadd(self.dlq, fields, maxlen=self.maxlen, approximate=True)
+            pipe.xack(self.stream, self.group, entry.id)
+            pipe.xdel(self.stream, entry.id)
+            return _s(pipe.execute()[0])
+        return retry_on_oom(move, what=f"{self.name}.dead_letter", max_wait_s=self.oom_wait_s)
 
     def reclaim(self, consumer: str, count: int = 100, min_idle_ms: int | None = None) -> tuple[list[Entry], list[Entry]]:
         """Janitor: take over entries idle for `min_idle_ms` whose consumer went silent.
@@ -130,7 +176,8 @@ class StreamQueue:
         claimed, dead = [], []
         start = "0-0"
         while True:
-            resp = self.r.xautoclaim(self.stream, self.group, consumer, idle, start_id=start, count=count)
+            resp = self._healing(lambda: self.r.xautoclaim(self.stream, self.group, consumer, idle, start_id=start,
+                                                           count=count))
             nxt, items = _s(resp[0]), resp[1]
             for eid, f in items:
                 if f is None:  # entry deleted while pending (Redis 6.2 returns it as nil)

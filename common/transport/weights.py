@@ -13,6 +13,7 @@ import time
 import redis
 
 from common.schemas import WeightVersion
+from common.transport.backpressure import retry_on_oom
 from common.transport.keys import Keys
 
 __all__ = ["WeightStore", "ChecksumError", "WeightsMissing"]
@@ -27,26 +28,30 @@ class WeightsMissing(LookupError):
 
 
 class WeightStore:
-    def __init__(self, r: redis.Redis, keys: Keys, keep: int = 3):
-        self.r, self.keys, self.keep = r, keys, keep
+    def __init__(self, r: redis.Redis, keys: Keys, keep: int = 3, oom_wait_s: float = 600.0):
+        self.r, self.keys, self.keep, self.oom_wait_s = r, keys, keep, oom_wait_s
 
     def publish(self, data: bytes, version: int, kind: str = "lora", step: int = 0) -> WeightVersion:
         wv = WeightVersion(version=version, sha256=hashlib.sha256(data).hexdigest(), key=self.keys.weights(version),
                            nbytes=len(data), kind=kind, step=step, created_at=time.time())
         meta = wv.model_dump_json()
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(wv.key, data)
-        pipe.set(self.keys.weights_meta(version), meta)
-        pipe.set(self.keys.weights_latest, meta)
-        pipe.execute()
+
+        def write():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(wv.key, data)
+            pipe.set(self.keys.weights_meta(version), meta)
+            pipe.set(self.keys.weights_latest, meta)
+            pipe.execute()
+        retry_on_oom(write, what="weights.publish", max_wait_s=self.oom_wait_s)  # at maxmemory: wait, then RedisFull
         self.r.publish(self.keys.weights_channel, meta)
         self._trim(version)
         return wv
 
     def _trim(self, newest: int) -> None:
-        old = [v for v in range(max(0, newest - self.keep - 16), newest - self.keep + 1)]
-        if old:
-            self.r.unlink(*[k for v in old for k in (self.keys.weights(v), self.keys.weights_meta(v))])
+        for v in range(max(0, newest - self.keep - 16), newest - self.keep + 1):
+            raw = self.r.get(self.keys.weights_meta(v))
+            n = WeightVersion.model_validate_json(raw).chunks if raw else 1
+            self.r.unlink(self.keys.weights_meta(v), *[self.keys.weights(v, i) for i in range(n)])
 
     def latest(self) -> WeightVersion | None:
         raw = self.r.get(self.keys.weights_latest)
@@ -60,9 +65,10 @@ class WeightStore:
 
     def fetch(self, wv: WeightVersion) -> bytes:
         """The bytes of `wv`, verified against its sha256."""
-        data = self.r.get(wv.key)
-        if data is None:
+        parts = self.r.mget([self.keys.weights(wv.version, i) for i in range(wv.chunks)])
+        if any(p is None for p in parts):
             raise WeightsMissing(f"weight version {wv.version} expired from the store (keep={self.keep})")
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         got = hashlib.sha256(data).hexdigest()
         if got != wv.sha256:
             raise ChecksumError(f"weight version {wv.version}: sha256 {got[:12]}… != published {wv.sha256[:12]}…")

@@ -58,7 +58,8 @@ class GeneratorWorker:
         self.keys = Keys(cfg.redis.namespace)
         self.tasks = task_queue(self.r, self.keys, cfg.redis)
         self.groups = group_queue(self.r, self.keys, cfg.redis)
-        self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep)
+        self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep,
+                                   chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self.version = -1

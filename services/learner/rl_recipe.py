@@ -26,8 +26,8 @@ from common.policy import GroupRollout, build_policy
 from common.policy.sde import sde_step, step_std
 from common.rl import EMA, admission_capacity, is_stale, kl_penalty, ppo_loss, version_lag
 from common.schemas import GroupHeader, SamplingParams
-from common.transport import Entry, Keys, StreamQueue, WeightStore, connect
-from services.learner.audit import read_audit
+from common.transport import Entry, Keys, RedisFull, StreamQueue, WeightStore, connect
+from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.signals import batch_signals
 from services.learner.tasks import TaskSource
@@ -76,7 +76,8 @@ class RLRecipe:
         self.groups = group_queue(self.r, self.keys, self.cfg.redis)
         self.tasks.ensure_group()
         self.groups.ensure_group()
-        self.weights = WeightStore(self.r, self.keys, keep=self.cfg.redis.weights_keep)
+        self.weights = WeightStore(self.r, self.keys, keep=self.cfg.redis.weights_keep,
+                                   chunk_bytes=self.cfg.redis.weights_chunk_mb * 2**20)
         self.ckpt_dir = Path(self.rl.checkpoint_dir)
         self.state = LearnerState(run_id=uuid.uuid4().hex[:8])
         ckpt = load_latest(self.ckpt_dir)
@@ -89,6 +90,18 @@ class RLRecipe:
                                           "warmup": self.rl.ema.warmup, "num_updates": 0, "shadow": ckpt.ema})
             self.state = ckpt.state
             log.info("resumed from %s at step %d, version %d", ckpt.path, self.state.step, self.state.version)
+        # the ledger (audit hash) names the run id its task ids carry: continue it when Redis has one
+        ledger = self.r.hget(self.keys.audit, "run_id")
+        if ledger is not None:
+            self.state.run_id = ledger.decode()
+        elif ckpt is not None and self.state.step > 0:
+            # Redis lost the run (restart without persistence): a new ledger under new task ids, so a
+            # late group of a task of the lost ledger is recognised as foreign, not counted
+            old, self.state.run_id = self.state.run_id, uuid.uuid4().hex[:8]
+            log.warning("Redis holds no ledger for run %s at step %d (restarted without persistence?): the "
+                        "accounting restarts at zero under run id %s", old, self.state.step, self.state.run_id)
+        self.r.hsetnx(self.keys.audit, "run_id", self.state.run_id)
+        self._admitted_floor = 0  # tasks this learner has seen admitted: the ledger never goes below it
         latest = self.weights.latest()
         if latest is None or latest.version != self.state.version:
             # never reuse a version number: a newer one may already be served with other weights
@@ -112,12 +125,22 @@ class RLRecipe:
     def admit(self) -> int:
         """Top the task stream up to the staleness-bounded capacity; returns tasks admitted."""
         cap = admission_capacity(self.rl.max_staleness, self.rl.groups_per_step)
-        free = cap - self.audit()["in_flight"]
-        for _ in range(max(0, free)):
-            n = int(self.r.hincrby(self.keys.audit, "admitted", 1)) - 1
+        counts = self.audit()
+        check_ledger(counts, self._admitted_floor)
+        self._admitted_floor = counts["admitted"]
+        free = cap - counts["in_flight"]
+        for i in range(max(0, free)):
+            n = counts["admitted"] + i  # one learner per namespace: nobody else admits
             task = self.source.task(n, self.state.run_id, self.state.version, self.rl.group_size, self.sampling)
-            self.tasks.add({"task_id": task.task_id, "policy_version": task.policy_version},
-                           blob=encode(task.model_dump()), blob_key=self.keys.blob("task", task.task_id))
+            try:
+                # the task and its count land in one transaction: never a counted task that does not exist
+                self.tasks.add({"task_id": task.task_id, "policy_version": task.policy_version},
+                               blob=encode(task.model_dump()), blob_key=self.keys.blob("task", task.task_id),
+                               count_in=(self.keys.audit, "admitted"), oom_wait_s=0)
+            except RedisFull as e:
+                log.warning("admission paused: %s", e)  # back-pressure: consume (and free memory) first
+                return i
+            self._admitted_floor = n + 1
             M.TASKS_ADMITTED.inc()
         return max(0, free)
 
@@ -136,6 +159,11 @@ class RLRecipe:
             header = GroupHeader.model_validate_json(entry.fields["header"])
         except (KeyError, ValueError) as e:
             self.groups.dead_letter(entry, f"bad group header: {e}")
+            return None
+        if not header.task_id.startswith(f"{self.state.run_id}-"):
+            # a task of a ledger Redis has lost (see setup): not admitted here, so not counted as a task
+            self.groups.ack(entry, count_in=(self.keys.audit, "foreign"))
+            M.GROUPS_DROPPED.labels("foreign").inc()
             return None
         if header.group_id in seen or self.r.exists(self.keys.consumed(header.group_id)):
             self.groups.ack(entry, count_in=(self.keys.audit, "duplicate"))  # redelivered or redone: counted once already

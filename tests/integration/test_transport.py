@@ -155,3 +155,15 @@ def test_weight_store_versions_checksums_and_trim(r, keys):
     r.set(latest.key, b"tampered")
     with pytest.raises(ChecksumError, match="version 4"):
         ws.fetch(latest)
+
+
+def test_weight_store_splits_big_versions_into_chunks(r, keys):
+    ws = WeightStore(r, keys, keep=1, chunk_bytes=1000)
+    data = bytes(range(256)) * 17  # 4352 bytes -> 5 chunks
+    wv = ws.publish(data, version=7)
+    assert wv.chunks == 5 and ws.fetch(ws.latest()) == data
+    r.set(keys.weights(7, 3), b"x" * 1000)
+    with pytest.raises(ChecksumError):
+        ws.fetch(wv)
+    ws.publish(b"small", version=8)
+    assert not any(r.exists(keys.weights(7, i)) for i in range(5))  # old chunks trimmed
