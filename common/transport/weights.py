@@ -28,17 +28,26 @@ class WeightsMissing(LookupError):
 
 
 class WeightStore:
-    def __init__(self, r: redis.Redis, keys: Keys, keep: int = 3, oom_wait_s: float = 600.0):
-        self.r, self.keys, self.keep, self.oom_wait_s = r, keys, keep, oom_wait_s
+    """`chunk_bytes` splits a version over several keys: one Redis value is capped at 512 MB
+    (proto-max-bulk-len) and a rank-64 LoRA of a 20 B model is ~1.6 GB in fp32."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, keep: int = 3, oom_wait_s: float = 600.0,
+                 chunk_bytes: int = 64 * 2**20):
+        if chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be >= 1")
+        self.r, self.keys, self.keep, self.oom_wait_s, self.chunk_bytes = r, keys, keep, oom_wait_s, chunk_bytes
 
     def publish(self, data: bytes, version: int, kind: str = "lora", step: int = 0) -> WeightVersion:
+        n = max(1, -(-len(data) // self.chunk_bytes))
         wv = WeightVersion(version=version, sha256=hashlib.sha256(data).hexdigest(), key=self.keys.weights(version),
-                           nbytes=len(data), kind=kind, step=step, created_at=time.time())
+                           nbytes=len(data), kind=kind, step=step, created_at=time.time(), chunks=n)
         meta = wv.model_dump_json()
+        view = memoryview(data)
 
         def write():
             pipe = self.r.pipeline(transaction=True)
-            pipe.set(wv.key, data)
+            for i in range(n):
+                pipe.set(self.keys.weights(version, i), view[i * self.chunk_bytes:(i + 1) * self.chunk_bytes].tobytes())
             pipe.set(self.keys.weights_meta(version), meta)
             pipe.set(self.keys.weights_latest, meta)
             pipe.execute()
