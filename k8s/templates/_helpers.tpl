@@ -49,8 +49,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: "false"
 - name: DYREF_METRICS_PORT
   value: {{ .Values.metricsPort | quote }}
+- name: DYREF_METRICS_HOST
+  value: "0.0.0.0"
 - name: DYREF_RUN_DIR
   value: /data/runs
+- name: DYREF_RL__CHECKPOINT_DIR
+  value: /data/runs/rl
 - name: RAY_AUTH_MODE
   value: {{ .Values.ray.auth.mode | quote }}
 {{- if eq .Values.ray.auth.mode "token" }}
@@ -94,7 +98,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* A Ray Client driver: a small pod running one `dyref <service>` command. */}}
 {{- define "dyref.driver" -}}
-{{- $ := index . 0 -}}{{- $name := index . 1 -}}{{- $args := index . 2 -}}
+{{- $ := index . 0 -}}{{- $name := index . 1 -}}{{- $args := index . 2 -}}{{- $probe := index . 3 -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -113,7 +117,9 @@ spec:
       labels:
         {{- include "dyref.selector" $ | nindent 8 }}
         app.kubernetes.io/component: {{ $name }}
+        {{- if $probe }}
         dyref.io/metrics: "driver"
+        {{- end }}
     spec:
       {{- with $.Values.imagePullSecrets }}
       imagePullSecrets: {{- toYaml . | nindent 8 }}
@@ -130,6 +136,7 @@ spec:
               value: {{ include "dyref.rayClientAddress" $ | quote }}
           ports:
             - {name: metrics, containerPort: {{ $.Values.metricsPort }}}
+          {{- if $probe }}
           readinessProbe:
             httpGet: {path: /metrics, port: metrics}
             periodSeconds: 10
@@ -137,6 +144,7 @@ spec:
             httpGet: {path: /metrics, port: metrics}
             initialDelaySeconds: 120
             periodSeconds: 20
+          {{- end }}
           resources: {{- toYaml $.Values.drivers.resources | nindent 12 }}
           securityContext: {{- toYaml $.Values.securityContext | nindent 12 }}
           volumeMounts:
