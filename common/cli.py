@@ -74,7 +74,8 @@ def _mount_optional() -> None:
     # Sub-apps live beside the code they drive; they are mounted when present.
     import importlib
     for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train"),
-                            ("common.policy.cli", "adapter_app", "adapter"), ("services.gateway.cli", "gateway_app", "gateway")):
+                            ("common.policy.cli", "adapter_app", "adapter"), ("services.gateway.cli", "gateway_app", "gateway"),
+                            ("services.cluster", "cluster_app", "cluster")):
         try:
             sub = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError):
