@@ -246,7 +246,7 @@ class GatewayConfig(_Section):
     url_allow_list: list[str] = Field(default_factory=list, description="Hosts URL fetching may reach when enabled.")
     replicas: int = Field(1, ge=1, description="Generator deployment replicas.")
     max_batch_size: int = Field(4, ge=1, description="@serve.batch max_batch_size of the generator deployment (run under one lock).")
-    batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch batch_wait_timeout_s of the generator deployment.")
+    batch_wait_s: float = Field(0.0, ge=0, description="@serve.batch batch_wait_timeout_s of the generator deployment (0: batch what is already queued, add no latency).")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 (queue full) and 503 (no model ready).")
     timeout_s: float = Field(600.0, gt=0, description="Longest a generation may take before the gateway answers 504.")
     url_fetch_timeout_s: float = Field(10.0, gt=0, description="Timeout of one reference-image URL fetch (when enabled).")

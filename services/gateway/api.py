@@ -57,8 +57,8 @@ class Defaults:
 class _Observe:
     """Pure ASGI middleware: request counter + latency by route template, and the body-size limit."""
 
-    def __init__(self, app, max_body: int):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int, busy: Callable[[], APIError | None] = lambda: None):
+        self.app, self.max_body, self.busy = app, max_body, busy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,6 +69,14 @@ class _Observe:
                                          f"of {self.max_body} bytes", "body"))
                 await resp(scope, receive, send)
                 M.GATEWAY_REQUESTS.labels("unmatched", "413").inc()
+                return
+        gen_route = next((g for g in _GENERATION_PATHS if scope["path"].rstrip("/").endswith(g)), None)
+        if scope["method"] == "POST" and gen_route:
+            # queue full: answer 429 before the (large) body is read, parsed and its images decoded
+            err = self.busy()
+            if err is not None:
+                await envelope(err)(scope, receive, send)
+                M.GATEWAY_REQUESTS.labels(gen_route, "429").inc()
                 return
         status = [500]
 
@@ -84,6 +92,9 @@ class _Observe:
             route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates only: bounded labels
             M.GATEWAY_REQUESTS.labels(route, str(status[0])).inc()
             M.GATEWAY_LATENCY.labels(route).observe(time.perf_counter() - t0)
+
+
+_GENERATION_PATHS = ("/v1/generations/form", "/v1/images/edits", "/v1/generations", "/generate")  # longest first
 
 
 def _b64(b: bytes) -> str:
@@ -148,10 +159,16 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
         state["ready"] = True
         return res
 
-    def admit() -> None:
+    def busy() -> APIError | None:
         if state["inflight"] >= capacity:
-            raise APIError(429, "queue_full", f"{state['inflight']} generations in progress (limit {capacity}); "
-                           "retry later", None, headers=retry_after)
+            return APIError(429, "queue_full", f"{state['inflight']} generations in progress (limit {capacity}); "
+                            "retry later", None, headers=retry_after)
+        return None
+
+    def admit() -> None:
+        err = busy()
+        if err is not None:
+            raise err
         state["inflight"] += 1
         M.GATEWAY_QUEUE.set(state["inflight"])
 
@@ -295,7 +312,7 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _strip_422(app)
     max_body = cfg.max_references * (cfg.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
-    app.add_middleware(_Observe, max_body=max_body)
+    app.add_middleware(_Observe, max_body=max_body, busy=busy)
     app.state.gateway = {"tasks": tasks, "state": state, "capacity": capacity}
     return app
 

@@ -42,7 +42,7 @@ class GeneratorDeployment:
         self.run.set_max_batch_size(gcfg.max_batch_size)
         self.run.set_batch_wait_timeout_s(gcfg.batch_wait_s)
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.0)
     async def run(self, jobs: list[GenJob]) -> list[GenResult]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self.core.run_batch, list(jobs))
