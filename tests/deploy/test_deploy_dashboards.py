@@ -121,8 +121,10 @@ def test_prometheus_config_is_valid():
 def test_prometheus_scrapes_every_dyref_service_and_grafana_provisioning_points_at_it():
     cfg = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     scraped = {(n, sd["port"]) for job in cfg["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
-    for service in ("learner", "generator", "rewards", "gateway"):
+    for service in ("learner", "generator", "rewards"):
         assert (service, 9100) in scraped, f"{service} metrics are not scraped"
+    assert ("gateway", 8000) in scraped                     # the gateway serves /metrics on its HTTP port
+    assert ("generator", 9101) in scraped                   # generator actor 0 (metrics_port + 1 + i)
     assert ("ray-head", 8080) in scraped
     ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"][0]
     assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
