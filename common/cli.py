@@ -75,7 +75,7 @@ def _mount_optional() -> None:
     import importlib
     for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train"),
                             ("common.policy.cli", "adapter_app", "adapter"), ("services.gateway.cli", "gateway_app", "gateway"),
-                            ("services.cluster", "cluster_app", "cluster")):
+                            ("services.cluster", "cluster_app", "cluster"), ("services.chaos.cli", "chaos_app", "chaos")):
         try:
             sub = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError):

@@ -20,7 +20,7 @@ __all__ = [
     "POLICY_VERSION_SERVED", "GROUPS_PUBLISHED", "IMAGES_GENERATED", "WEIGHT_SYNC_SECONDS",
     "WEIGHT_LOAD_FAILURES", "PHASE_SECONDS",
     # transport
-    "QUEUE_DEPTH", "QUEUE_PENDING", "DEAD_LETTERS", "RECLAIMED", "REDIS_RECONNECTS",
+    "QUEUE_DEPTH", "QUEUE_PENDING", "DEAD_LETTERS", "RECLAIMED", "REDIS_RECONNECTS", "REDIS_OOM",
     # reward
     "REWARD_LATENCY", "REWARD_ERRORS", "REWARD_MISSING", "REWARD_BATCH_SIZE",
     # gateway
@@ -65,6 +65,7 @@ QUEUE_PENDING = Gauge("dyref_queue_pending", "Entries delivered but not acknowle
 DEAD_LETTERS = Gauge("dyref_queue_dead_letters", "Entries in a dead-letter stream", ["stream"])
 RECLAIMED = Counter("dyref_queue_reclaimed", "Entries reclaimed from dead consumers", ["stream"])
 REDIS_RECONNECTS = Counter("dyref_redis_reconnects", "Redis calls that needed a reconnect", ["service"])
+REDIS_OOM = Counter("dyref_redis_oom_rejections", "Redis writes refused at maxmemory (noeviction) and backed off", ["op"])
 
 # ---- reward ----------------------------------------------------------------------------------
 REWARD_LATENCY = Histogram("dyref_reward_latency_seconds", "Reward call latency seen by the caller", ["scorer"], buckets=_LATENCY_BUCKETS)

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from common.bench.loader import BenchCase, BenchDataError, resolve_image
+from common.images import decode_image
 
 __all__ = [
     "GenerationSettings", "Generator", "PolicyGenerator", "GatewayGenerator", "GenerationResult",
@@ -132,9 +133,8 @@ class GatewayGenerator:
             b64 = data["images"][0]["b64_json"]
         except (KeyError, IndexError, TypeError):
             raise RuntimeError(f"gateway response has no images[0].b64_json: {str(data)[:300]}") from None
-        img = Image.open(io.BytesIO(base64.b64decode(b64)))
-        img.load()
-        return img
+        # bytes from the network: the one bounded decode path (byte and pixel limits)
+        return decode_image(base64.b64decode(b64), what="gateway image")
 
     def close(self) -> None:
         self.client.close()

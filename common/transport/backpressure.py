@@ -55,7 +55,8 @@ def retry_on_oom(fn: Callable[[], T], *, what: str, max_wait_s: float, before_re
             tries += 1
             M.REDIS_OOM.labels(what).inc()
             if tries == 1:
-                log.warning("%s: Redis is at maxmemory; backing off (%s)", what, e)
+                if max_wait_s > 0:  # a single try (max_wait_s=0) is the caller's to report
+                    log.warning("%s: Redis is at maxmemory; backing off (%s)", what, e)
                 if before_retry is not None:
                     before_retry()
             left = deadline - time.monotonic()

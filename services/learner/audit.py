@@ -2,7 +2,12 @@
 
 Counts live in one Redis hash written in the same transactions that settle entries; dead letters
 are the lengths of the task and group dead-letter streams. `duplicate` counts redelivered or redone
-groups recognised by id (they are not tasks, so they are not part of the sum).
+groups recognised by id (they are not tasks, so they are not part of the sum), `foreign` counts
+groups of tasks admitted under another ledger (before Redis lost its data) and dropped unused.
+
+The ledger lives in Redis: if Redis restarts without persistence it is gone, and the learner
+must not carry on as if nothing happened (it would re-admit task ids, and in-flight work is
+gone). :func:`check_ledger` turns that into :class:`RedisStateLost` with what to do.
 """
 from __future__ import annotations
 
@@ -12,9 +17,23 @@ from common import metrics as M
 from common.config import RedisConfig
 from common.transport import Keys
 
-__all__ = ["AUDIT_FIELDS", "read_audit"]
+__all__ = ["AUDIT_FIELDS", "read_audit", "check_ledger", "RedisStateLost"]
 
-AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "dead_lettered")
+AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "foreign", "dead_lettered")
+
+
+class RedisStateLost(RuntimeError):
+    """The run's ledger in Redis went backwards: Redis lost its data (restart without persistence)."""
+
+
+def check_ledger(counts: dict[str, int], admitted_floor: int, where: str = "") -> None:
+    """Raise RedisStateLost if fewer tasks are recorded as admitted than this learner admitted."""
+    if counts["admitted"] < admitted_floor:
+        raise RedisStateLost(
+            f"Redis lost this run's state{where}: the audit records {counts['admitted']} admitted tasks, this learner "
+            f"admitted {admitted_floor}. Redis restarted without persistence (or the keys were deleted); the tasks "
+            f"and groups in flight are gone. Restart the learner: it resumes from its last checkpoint and starts "
+            f"a new ledger. Enable Redis appendonly persistence to survive restarts.")
 
 
 def read_audit(r: redis.Redis, keys: Keys, rc: RedisConfig) -> dict[str, int]:

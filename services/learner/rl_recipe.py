@@ -102,6 +102,7 @@ class RLRecipe:
                         "accounting restarts at zero under run id %s", old, self.state.step, self.state.run_id)
         self.r.hsetnx(self.keys.audit, "run_id", self.state.run_id)
         self._admitted_floor = 0  # tasks this learner has seen admitted: the ledger never goes below it
+        self._admission_paused = False
         latest = self.weights.latest()
         if latest is None or latest.version != self.state.version:
             # never reuse a version number: a newer one may already be served with other weights
@@ -138,8 +139,11 @@ class RLRecipe:
                                blob=encode(task.model_dump()), blob_key=self.keys.blob("task", task.task_id),
                                count_in=(self.keys.audit, "admitted"), oom_wait_s=0)
             except RedisFull as e:
-                log.warning("admission paused: %s", e)  # back-pressure: consume (and free memory) first
+                if not self._admission_paused:  # back-pressure: consume (and free memory) first
+                    log.warning("admission paused: %s", e)
+                self._admission_paused = True
                 return i
+            self._admission_paused = False
             self._admitted_floor = n + 1
             M.TASKS_ADMITTED.inc()
         return max(0, free)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.images import encode_image
+from common.images import ImageError, decode_image, encode_image
 from common.schemas import Reference, SamplingParams, Task
 
 __all__ = ["TrainingCase", "TaskSource", "synthetic_cases", "record_cases"]
@@ -66,9 +66,14 @@ def record_cases(jsonl: str | Path, image_root: str | Path) -> list[TrainingCase
             continue
         try:
             rec = json.loads(line)
-            refs = [(role_of_path(p), Image.open(resolve_image(root, p)).convert("RGB"), Path(p).stem) for p in rec["edit_image"]]
-            target = Image.open(resolve_image(root, rec["image"])).convert("RGB") if rec.get("image") else None
+            # path traversal refused by resolve_image; byte/pixel limits by the one decode path
+            refs = [(role_of_path(p), _open(resolve_image(root, p)), Path(p).stem) for p in rec["edit_image"]]
+            target = _open(resolve_image(root, rec["image"])) if rec.get("image") else None
             out.append(TrainingCase(rec["prompt"], refs, target, int(rec["index"])))
-        except (KeyError, ValueError, OSError) as e:
+        except (KeyError, ValueError, OSError, ImageError) as e:
             raise ValueError(f"{jsonl}:{line_no}: bad training record: {e}") from None
     return out
+
+
+def _open(path: Path) -> Image.Image:
+    return decode_image(Path(path).read_bytes(), what=str(path))

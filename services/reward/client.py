@@ -1,6 +1,8 @@
 """The generator's side of the reward workers: one async call per reward component, with retries."""
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -10,7 +12,32 @@ from common.config import RewardComponent, RewardsConfig
 from common.schemas import ScoreRequest, Task, group_id_for
 from services.reward.app import APP_NAME, deployment_name
 
-__all__ = ["RewardClient", "comparison_images", "RewardCallError"]
+__all__ = ["RewardClient", "comparison_images", "RewardCallError", "clean_table"]
+
+log = logging.getLogger("dyref.reward.client")
+
+
+def clean_table(scores, g: int) -> tuple[list[list[float | None]], int]:
+    """A scorer's answer -> a valid [G][J] table and how many cells were garbage (-> None = missing).
+
+    A table with the wrong number of rows or ragged rows cannot be attributed to images: every
+    cell of the group becomes missing ([G][1] of None). Non-numeric or non-finite cells become None.
+    The learner treats None as missing (no advantage from it), never as a score of 0.
+    """
+    rows = list(scores) if isinstance(scores, (list, tuple)) else None
+    widths = {len(r) for r in rows if isinstance(r, (list, tuple))} if rows is not None else set()
+    if rows is None or len(rows) != g or len(widths) != 1 or not all(isinstance(r, (list, tuple)) for r in rows) \
+            or 0 in widths:
+        return [[None] for _ in range(g)], g
+    out, bad = [], 0
+    for r in rows:
+        row = []
+        for v in r:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            bad += v is not None and not ok
+            row.append(float(v) if ok else None)
+        out.append(row)
+    return out, bad
 
 
 class RewardCallError(RuntimeError):
@@ -62,10 +89,15 @@ class RewardClient:
         calls, out = submitted
         for name, (scorer, req, t0, pending) in calls.items():
             resp = self._result(scorer, req, pending)
-            out[name] = [list(row) for row in resp.scores]
+            table, garbage = clean_table(resp.scores, len(req.images))
+            out[name] = table
             M.REWARD_LATENCY.labels(scorer).observe(time.perf_counter() - t0)
             M.REWARD_BATCH_SIZE.labels(scorer).observe(resp.batch_images)
-            missing = sum(v is None for row in resp.scores for v in row)
+            if garbage:
+                M.REWARD_ERRORS.labels(scorer, "garbage").inc()
+                log.warning("reward %r answered %d invalid scores for group %s: recorded as missing",
+                            name, garbage, req.group_id)
+            missing = sum(v is None for row in table for v in row)
             if missing:
                 M.REWARD_MISSING.labels(scorer).inc(missing)
         return out
