@@ -68,4 +68,12 @@ def build_policy(cfg) -> MRIGPolicy:
         else:
             targets = cfg.lora.targets or default_lora_targets(cfg.family, cfg.source)
             lora_config = make_lora_config(cfg.lora.rank, cfg.lora.alpha, targets)
-    return MRIGPolicy(cfg, pipe, family, lora_config=lora_config, init_state=init_state)
+    policy = MRIGPolicy(cfg, pipe, family, lora_config=lora_config, init_state=init_state)
+    if getattr(cfg, "init_weights", None):
+        from pathlib import Path
+        path = Path(cfg.init_weights)
+        if not path.is_file():
+            raise PolicyLoadError(f"policy.init_weights: no file at {path}")
+        policy.load_trainable_state(path.read_bytes())
+        policy.reset_reference()
+    return policy

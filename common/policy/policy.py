@@ -106,6 +106,17 @@ class MRIGPolicy:
         self._model = tr
         tr.eval()
 
+    def reset_reference(self) -> None:
+        """Make the current trainable weights the KL "sft" reference (e.g. after loading SFT weights)."""
+        tr = self.transformer
+        if self.finetune == "full":
+            self._ref_model = copy.deepcopy(tr).requires_grad_(False).eval()
+            return
+        named = dict(tr.named_parameters())
+        with torch.no_grad():
+            for n in self._trainable_names:
+                named[n.replace(f".{ADAPTER}.", f".{REFERENCE_ADAPTER}.")].copy_(named[n])
+
     # ---- parameters and weights ------------------------------------------------------------
 
     def _set_trainable_flags(self):
