@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from common.config import DyRefConfig, load_config
 from common.schemas import GroupHeader, group_id_for
-from common.transport import EmbeddedRedis, Keys, connect
+from common.transport import EmbeddedRedis, Keys
 from services.learner.audit import read_audit
 
 __all__ = ["Outcome", "chaos_cfg", "ledger", "own_redis", "Loop", "actor_pid", "kill_pid", "replica_actors",

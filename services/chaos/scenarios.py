@@ -278,9 +278,11 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
     import httpx
 
     from services.gateway.deployments import APP_NAME, start_gateway
+    from ray import serve
     t0 = time.monotonic()
     cfg = chaos_cfg(redis_url, workdir)
     port = free_port()
+    serve.shutdown()  # Serve's HTTP port is fixed when it starts: start it afresh on ours
     start_gateway(cfg.gateway, cfg.policy, cfg.redis, redis_url, port=port)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(url), 120, 0.5)
@@ -315,8 +317,7 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
         t.join(70)
     after = codes[n_before:]
     hung = sum(c == "timeout" for c in codes)
-    from ray import serve
-    serve.delete(APP_NAME)
+    serve.shutdown()  # the next scenario starts Serve (and its reward app) again
     ok_codes = sum(c == 200 for c in codes)
     errors = {str(c): sum(1 for x in codes if x == c) for c in set(codes) if c != 200}
     return Outcome("gateway-kill", bool(pid) and recovered and hung == 0 and after and all(c == 200 for c in after),
@@ -335,10 +336,10 @@ def _ready(url: str) -> bool:
 
 SCENARIOS: dict[str, tuple[Callable[[Path, str], Outcome], bool, str]] = {
     "generator-kill": (generator_kill, True, "kill -9 a generator actor mid-group"),
-    "reward-replica-kill": (reward_replica_kill, True, "kill -9 the reward Serve replica"),
-    "learner-kill": (learner_kill, False, "kill -9 the learner process; resume from checkpoint"),
+    "reward-replica-kill": (reward_replica_kill, False, "kill -9 the reward Serve replica"),
+    "learner-kill": (learner_kill, True, "kill -9 the learner process; resume from checkpoint"),
     "redis-restart-aof": (redis_restart_persistent, True, "kill -9 Redis with AOF fsync always; restart"),
-    "redis-restart-volatile": (redis_restart_volatile, False, "restart Redis without persistence"),
+    "redis-restart-volatile": (redis_restart_volatile, True, "restart Redis without persistence"),
     "redis-maxmemory": (redis_maxmemory, True, "Redis at maxmemory (noeviction) for a while"),
     "reward-slow": (reward_slow, False, "a slow reward deployment (timeouts, retries with backoff)"),
     "reward-garbage": (reward_garbage, True, "a reward deployment answering garbage"),

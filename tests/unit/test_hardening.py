@@ -10,12 +10,10 @@
 from __future__ import annotations
 
 import ast
-import base64
 import io
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
