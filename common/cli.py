@@ -65,9 +65,14 @@ def up(profile: Optional[str] = ProfileOpt,
 
 
 @app.command()
-def demo(profile: Optional[str] = ProfileOpt):
-    """The main job on the embedded CPU default: bring up the local stack and report its health."""
-    up(profile=profile, hold=False, ray=True)
+def demo(profile: Optional[str] = ProfileOpt,
+         out: str = typer.Option("runs/demo", help="Output folder; a second run reuses the finished stages found here."),
+         quick: bool = typer.Option(False, help="A minute-long smoke run of the same pipeline (tiny sizes)."),
+         serve_seconds: float = typer.Option(-1, help="Serve /generate this long after the report (-1: until Ctrl-C, 0: not at all)."),
+         port: int = typer.Option(8000, help="Port of the /generate gateway.")):
+    """The main job: tiny policy -> SFT -> RL (DAR + DRS, distributed) -> held-out report -> /generate."""
+    from services.demo_cli import run_demo_command
+    run_demo_command(_load(profile), out, quick, serve_seconds, port)
 
 
 def _mount_optional() -> None:

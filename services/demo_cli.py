@@ -1,0 +1,103 @@
+"""`dyref demo`: run the two-stage job on the local stack, print the report, then serve /generate."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from common.config import DyRefConfig
+from services.demo import DemoPlan, demo_config, run_ablation, run_demo
+
+console = Console()
+QUICK = DemoPlan(n_train=64, n_test=12, sft_steps=6, rl_steps=2, eval_steps=4)
+
+
+def _plan_for(out: Path, quick: bool) -> DemoPlan:
+    plan = QUICK if quick else DemoPlan()
+    saved = out / "plan.json"
+    if saved.is_file() and json.loads(saved.read_text()) != asdict(plan):
+        raise typer.BadParameter(f"{out} holds a run with another plan ({saved}); use a new --out or delete it")
+    return plan
+
+
+def run_demo_command(cfg: DyRefConfig, out: str, quick: bool, serve_seconds: float, port: int) -> None:
+    from services.local import local_stack
+    logging.basicConfig(level=logging.WARNING)
+    out_dir = Path(out)
+    plan = _plan_for(out_dir, quick)
+    t0 = time.perf_counter()
+    with local_stack(cfg) as stack:
+        from ray import serve
+        # Serve's HTTP proxy takes its address at first start: the reward app must not start it on 8000
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        console.print(f"[bold]DyRef demo[/bold] -> {out_dir}  (Redis {stack.redis_url.split('@')[-1]}"
+                      f"{', embedded' if stack.embedded else ''}; Ray local)")
+        summary = run_demo(cfg, out_dir, plan, stack.redis_url, say=console.print)
+        console.print(f"\n[bold]report[/bold]: {out_dir / 'report.md'}  (plots in {out_dir / 'plots'}); "
+                      f"{time.perf_counter() - t0:.0f}s so far")
+        console.print((out_dir / "report.md").read_text().split("## placement")[0])
+        if serve_seconds != 0:
+            _serve(cfg, out_dir, plan, stack.redis_url, serve_seconds, port)
+    _ = summary
+
+
+def _serve(cfg: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seconds: float, port: int) -> None:
+    """Serve the final RL policy (the newest weights the learner published) and show how to call it."""
+    from services.gateway.client import GatewayClient
+    from services.gateway.deployments import start_gateway
+    from services.launch import StopFlag, wait_for
+    dcfg = demo_config(cfg, out, plan)
+    dcfg.policy.init_weights = str(out / "sft" / "trainable.safetensors")
+    start_gateway(dcfg.gateway, dcfg.policy, dcfg.redis, redis_url, host="127.0.0.1", port=port)
+    url = f"http://127.0.0.1:{port}"
+    client = GatewayClient(url)
+    import base64
+
+    import httpx
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    if not wait_for(ready, 180, 0.5):
+        raise RuntimeError(f"the gateway at {url} did not become ready in 180 s")
+    from common.synthetic import make_split
+    case = make_split("serve", 1, plan.seed + 99, size=plan.size, ref_size=16, max_refs=3)[0]
+    ref_dir = out / "example_refs"
+    ref_dir.mkdir(exist_ok=True)
+    refs = []
+    for i, (role, im, _name) in enumerate(case.references, 1):
+        path = ref_dir / f"{i}_{role}.png"
+        im.save(path)
+        refs.append((role, path))
+    resp = client.generate(case.prompt, refs, seed=1)
+    out_png = out / "served_example.png"
+    out_png.write_bytes(base64.b64decode(resp["images"][0]["b64_json"]))
+    ref_args = " ".join(f"--ref {role}:{path}" for role, path in refs)
+    console.print(f"\n[bold]/generate is up[/bold] at {url} (web page {url}/ , API docs {url}/docs), serving policy "
+                  f"version {resp.get('policy_version')}; an example answer is in {out_png}. Call it with:")
+    console.print(f"  ./dev generate --url {url} --prompt {json.dumps(case.prompt)} {ref_args} -o out.png", soft_wrap=True)
+    console.print(f"  curl -s {url}/v1/generations -H 'content-type: application/json' -d "
+                  "'{\"prompt\": \"...\", \"references\": [{\"role\": \"subject\", \"image\": \"<base64 PNG>\"}]}'",
+                  soft_wrap=True)
+    stop = StopFlag()
+    with stop.on_signals():
+        deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
+        if seconds < 0:
+            console.print("Ctrl-C stops the server.")
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def run_ablation_command(cfg: DyRefConfig, out: str, quick: bool) -> None:
+    from services.local import local_stack
+    out_dir = Path(out)
+    plan = _plan_for(out_dir, quick)
+    with local_stack(cfg) as stack:
+        run_ablation(cfg, out_dir, plan, stack.redis_url, say=console.print)
+    console.print((out_dir / "ablation" / "ablation.md").read_text())
