@@ -18,16 +18,32 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from common.config import RedisConfig
+from common.metrics import REDIS_RECONNECTS
 
 __all__ = ["connect", "ping", "EmbeddedRedis", "ensure_redis", "free_port", "redis_server_binary"]
 
 log = logging.getLogger(__name__)
 
 
-def connect(url: str, cfg: RedisConfig | None = None, **kw) -> redis.Redis:
+class _CountingRetry(Retry):
+    """redis-py's Retry, counting every failed attempt it retries (dyref_redis_reconnects_total)."""
+
+    def __init__(self, *args, service: str = "dyref", **kw):
+        super().__init__(*args, **kw)
+        self._service = service  # a name, not the metric child: redis-py deep-copies its Retry
+        REDIS_RECONNECTS.labels(service)
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def counted(error, *rest):
+            REDIS_RECONNECTS.labels(self._service).inc()
+            return fail(error, *rest)
+        return super().call_with_retry(do, counted, is_retryable, with_failure_count)
+
+
+def connect(url: str, cfg: RedisConfig | None = None, service: str = "dyref", **kw) -> redis.Redis:
     """A client that retries with exponential backoff + jitter when Redis restarts or drops us."""
     cfg = cfg or RedisConfig(url=url)
-    retry = Retry(ExponentialWithJitterBackoff(cap=cfg.backoff_cap_s, base=0.05), cfg.retries)
+    retry = _CountingRetry(ExponentialWithJitterBackoff(cap=cfg.backoff_cap_s, base=0.05), cfg.retries, service=service)
     return redis.Redis.from_url(
         url, socket_timeout=cfg.socket_timeout_s, socket_connect_timeout=min(cfg.socket_timeout_s, 5.0),
         retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=30, **kw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import redis
 
 from common.transport.backpressure import retry_on_oom
+from common.metrics import DEAD_LETTERS, QUEUE_DEPTH, QUEUE_PENDING, RECLAIMED
 from common.transport.keys import Keys
 
 __all__ = ["Entry", "StreamQueue"]
@@ -51,6 +52,7 @@ class StreamQueue:
         self.blob_ttl_s = blob_ttl_s
         self.oom_wait_s = oom_wait_s  # how long a write waits out a full Redis before RedisFull
         self._group_ready = False
+        self._reclaimed = RECLAIMED.labels(name)  # exported from the first use, zero until a reclaim
 
     # ---- producer --------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -190,6 +192,7 @@ class StreamQueue:
                     dead.append(entry)
                 else:
                     claimed.append(entry)
+                    self._reclaimed.inc()
             if nxt == "0-0" or not items:
                 break
             start = nxt
@@ -209,6 +212,14 @@ class StreamQueue:
 
     def dead_letters(self) -> int:
         return int(self.r.xlen(self.dlq))
+
+    def export_metrics(self) -> dict[str, int]:
+        """Set dyref_queue_depth / _pending / _dead_letters for this stream; returns the numbers."""
+        depth, pending, dead = self.depth(), self.pending(), self.dead_letters()
+        QUEUE_DEPTH.labels(self.name).set(depth)
+        QUEUE_PENDING.labels(self.name).set(pending)
+        DEAD_LETTERS.labels(self.name).set(dead)
+        return {"depth": depth, "pending": pending, "dead_letters": dead}
 
     def dead_letter_entries(self, count: int = 100) -> list[dict[str, str]]:
         return [{_s(k): _s(v) for k, v in f.items()} | {"id": _s(i)} for i, f in self.r.xrange(self.dlq, count=count)]

@@ -21,7 +21,7 @@ from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.images import ImageError, decode_image, encode_image
-from common.policy import GroupRollout, build_policy
+from common.policy import GroupRollout, TrainableStateError, build_policy
 from common.policy.families import to_pil
 from common.schemas import GroupHeader, Task, group_id_for
 from common.transport import ChecksumError, Entry, Keys, WeightsMissing, WeightStore, connect
@@ -54,7 +54,9 @@ class GeneratorWorker:
         overlap the next group's sampling."""
         self.id, self.cfg = generator_id, cfg
         self.policy = build_policy(cfg.policy).eval()
-        self.r = connect(redis_url, cfg.redis)
+        self.r = connect(redis_url, cfg.redis, service="generator")
+        for reason in ("checksum", "missing", "shape"):
+            M.WEIGHT_LOAD_FAILURES.labels(self.id, reason)  # exported as 0 until the first refusal
         self.keys = Keys(cfg.redis.namespace)
         self.tasks = task_queue(self.r, self.keys, cfg.redis)
         self.groups = group_queue(self.r, self.keys, cfg.redis)
@@ -82,6 +84,11 @@ class GeneratorWorker:
                     self.refused_versions.add(latest.version)
                     M.WEIGHT_LOAD_FAILURES.labels(self.id, "checksum").inc()
                     log.error("%s: %s", self.id, e)
+                except TrainableStateError as e:
+                    # a version that does not fit this policy is refused too, never half-loaded
+                    self.refused_versions.add(latest.version)
+                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "shape").inc()
+                    log.error("%s: weight version %d refused: %s", self.id, latest.version, e)
                 except WeightsMissing as e:
                     M.WEIGHT_LOAD_FAILURES.labels(self.id, "missing").inc()
                     log.warning("%s: %s", self.id, e)

@@ -70,7 +70,9 @@ class RLRecipe:
                                            weight_decay=self.rl.weight_decay, eps=self.rl.adam_eps)
         self.ema = (EMA.from_config(self.rl.ema, dict(self.policy.named_trainable_parameters()))
                     if self.rl.ema.enabled else None)
-        self.r = connect(self.redis_url, self.cfg.redis)
+        self.r = connect(self.redis_url, self.cfg.redis, service="learner")
+        for reason in ("stale", "corrupt"):
+            M.GROUPS_DROPPED.labels(reason)  # exported as 0 until the first drop
         self.keys = Keys(self.cfg.redis.namespace)
         self.tasks = task_queue(self.r, self.keys, self.cfg.redis)
         self.groups = group_queue(self.r, self.keys, self.cfg.redis)
@@ -337,6 +339,8 @@ class RLRecipe:
                     M.GROUP_LAG.observe(g.lag)
                 self.state.step += 1
                 M.LEARNER_STEP.set(self.state.step)
+                self.tasks.export_metrics()
+                self.groups.export_metrics()
                 if self.state.step % self.rl.publish_every == 0:
                     self.publish()
                 if self.state.step % self.rl.checkpoint_every == 0:

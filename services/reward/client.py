@@ -64,6 +64,10 @@ class RewardClient:
             handles = {c.scorer: serve.get_deployment_handle(deployment_name(c.scorer), app_name=APP_NAME)
                        for c in cfg.components}
         self.handles = handles
+        for c in cfg.components:  # exported as 0 until something goes wrong
+            M.REWARD_MISSING.labels(c.scorer)
+            for reason in ("TimeoutError", "RayTaskError", "RewardCallError"):
+                M.REWARD_ERRORS.labels(c.scorer, reason)
 
     def __call__(self, task: Task, pngs: list[bytes]) -> dict[str, list | None]:
         return self.collect(self.submit(task, pngs))
