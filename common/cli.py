@@ -75,6 +75,15 @@ def demo(profile: Optional[str] = ProfileOpt,
     run_demo_command(_load(profile), out, quick, serve_seconds, port)
 
 
+@app.command("demo-ablation")
+def demo_ablation(profile: Optional[str] = ProfileOpt,
+                  out: str = typer.Option("runs/demo", help="The demo's output folder (its SFT weights are the start)."),
+                  quick: bool = typer.Option(False, help="Match a `dyref demo --quick` run.")):
+    """RL with GRPO only, +DRS, +DAR and +both from the demo's SFT weights; held-out scores by reference count."""
+    from services.demo_cli import run_ablation_command
+    run_ablation_command(_load(profile), out, quick)
+
+
 def _mount_optional() -> None:
     # Sub-apps live beside the code they drive; they are mounted when present.
     import importlib
