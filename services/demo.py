@@ -34,14 +34,20 @@ class DemoPlan:
     n_test: int = 96
     size: int = 32
     max_refs: int = 6
-    sft_steps: int = 600
-    rl_steps: int = 40
+    sft_steps: int = 1000
+    rl_steps: int = 100
     eval_steps: int = 8
-    rl_lr: float = 3e-4
+    rl_lr: float = 1e-3
     drs_tau: float = 0.65
 
 
-def demo_config(base: DyRefConfig, out: Path, plan: DemoPlan, namespace: str = "demo") -> DyRefConfig:
+def demo_namespace(out: Path) -> str:
+    """One Redis namespace per demo folder: a run never meets another run's tasks or weights."""
+    import hashlib
+    return "demo-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+
+
+def demo_config(base: DyRefConfig, out: Path, plan: DemoPlan, namespace: str | None = None) -> DyRefConfig:
     """The demo's settings on top of a profile: the 'small' tiny policy (lossless pixel codec, word
     tokenizer), full fine-tune (2x faster per step than LoRA on a random base: scripts/sft_probe.py),
     RL rewarded by similarity to the ground-truth target with DRS, and DAR on."""
@@ -61,7 +67,7 @@ def demo_config(base: DyRefConfig, out: Path, plan: DemoPlan, namespace: str = "
     data["rl"]["ema"].update(enabled=False)
     data["rewards"].update(components=[{"name": "image_similarity", "scorer": "similarity", "weight": 1.0,
                                         "against": "target", "drs": True}])
-    data["redis"].update(namespace=namespace)
+    data["redis"].update(namespace=namespace or demo_namespace(out))
     return DyRefConfig.from_dict(data)
 
 

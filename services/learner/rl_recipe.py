@@ -92,16 +92,30 @@ class RLRecipe:
                                           "warmup": self.rl.ema.warmup, "num_updates": 0, "shadow": ckpt.ema})
             self.state = ckpt.state
             log.info("resumed from %s at step %d, version %d", ckpt.path, self.state.step, self.state.version)
-        # the ledger (audit hash) names the run id its task ids carry: continue it when Redis has one
+        # the ledger (audit hash) names the run id its task ids carry. This learner's run is the one
+        # its checkpoint folder records (written below, before any step): it continues that ledger,
+        # and never adopts another run's, whose tasks and groups were sampled with other weights
+        run_file = self.ckpt_dir / "run_id"
+        local = run_file.read_text().strip() if run_file.is_file() else (self.state.run_id if ckpt else None)
         ledger = self.r.hget(self.keys.audit, "run_id")
         if ledger is not None:
-            self.state.run_id = ledger.decode()
+            ledger = ledger.decode()
+            if ledger != local:
+                raise RuntimeError(
+                    f"Redis namespace {self.keys.namespace!r} holds the ledger of run {ledger}, not this run's "
+                    f"({local or 'a new run'} in {self.ckpt_dir}); use another redis.namespace, or the checkpoint "
+                    f"folder of run {ledger} to resume it")
+            self.state.run_id = ledger
         elif ckpt is not None and self.state.step > 0:
             # Redis lost the run (restart without persistence): a new ledger under new task ids, so a
             # late group of a task of the lost ledger is recognised as foreign, not counted
             old, self.state.run_id = self.state.run_id, uuid.uuid4().hex[:8]
             log.warning("Redis holds no ledger for run %s at step %d (restarted without persistence?): the "
                         "accounting restarts at zero under run id %s", old, self.state.step, self.state.run_id)
+        elif local:
+            self.state.run_id = local
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(self.state.run_id)
         self.r.hsetnx(self.keys.audit, "run_id", self.state.run_id)
         self._admitted_floor = 0  # tasks this learner has seen admitted: the ledger never goes below it
         self._admission_paused = False

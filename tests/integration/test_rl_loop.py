@@ -122,3 +122,14 @@ def test_weight_checksum_failure_keeps_previous_version(redis_server, tmp_path):
     v2 = recipe.publish()
     assert worker.sync_weights(v2, timeout_s=5) == v2  # the next good version loads
     r.close()
+
+
+def test_a_fresh_run_refuses_a_namespace_holding_another_runs_ledger(redis_server, tmp_path):
+    cfg = tiny_rl_cfg(redis_server, tmp_path / "a")
+    first = RLRecipe(cfg, cfg.redis.url, source()).setup()
+    other = cfg.model_copy(deep=True)
+    other.rl.checkpoint_dir = str(tmp_path / "b" / "ckpt")
+    with pytest.raises(RuntimeError, match=f"holds the ledger of run {first.state.run_id}"):
+        RLRecipe(other, cfg.redis.url, source()).setup()
+    again = RLRecipe(cfg, cfg.redis.url, source()).setup()  # its own folder: the same run continues
+    assert again.state.run_id == first.state.run_id
