@@ -15,6 +15,14 @@ import pytest  # noqa: E402
 from common.transport import EmbeddedRedis, Keys, connect  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # 2 shared cores: oversubscription makes tiny models slower, not faster
+    import torch
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real redis-server for the session; tests isolate themselves by key namespace."""

@@ -17,8 +17,6 @@ import base64
 import io
 import json
 import re
-import threading
-import time
 from typing import Protocol
 
 import httpx
@@ -26,6 +24,8 @@ from PIL import Image
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from common.bench.loader import BenchCase
+
+from common.rewards.judge_openai import RateLimiter  # noqa: E402  (re-exported for callers)
 
 __all__ = ["JUDGE_DIMS", "applicable_dims", "build_judge_request", "parse_omniref_answer", "JudgeClient",
            "OpenAICompatibleJudgeClient", "RewardsJudgeClient", "RateLimiter", "JudgeScorer"]
@@ -112,23 +112,6 @@ class JudgeClient(Protocol):
     def describe(self) -> dict: ...
 
 
-class RateLimiter:
-    """Evenly spaced calls: at most ``per_min`` per minute (the released judge: 20/min)."""
-
-    def __init__(self, per_min: float):
-        self.interval = 60.0 / per_min
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            time.sleep(delay)
-
-
 def _transient(e: BaseException) -> bool:
     if isinstance(e, httpx.HTTPStatusError):
         return e.response.status_code in (408, 429) or e.response.status_code >= 500
@@ -154,7 +137,7 @@ class OpenAICompatibleJudgeClient:
         self.temperature, self.max_tokens = temperature, max_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout_s, headers=headers)
-        self.limiter = RateLimiter(rate_per_min)
+        self.limiter = RateLimiter(rate_per_min)  # the one limiter of common.rewards
         self._post = retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(http_retries + 1),
                            wait=wait_exponential(multiplier=1.0, max=30), reraise=True)(self._post_once)
 
@@ -162,7 +145,7 @@ class OpenAICompatibleJudgeClient:
         return {"kind": "openai", "url": self.base_url, "model": self.model}
 
     def _post_once(self, body: dict) -> dict:
-        self.limiter.wait()
+        self.limiter.acquire()
         r = self.client.post(f"{self.base_url}/chat/completions", json=body)
         r.raise_for_status()
         return r.json()

@@ -5,15 +5,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    # 2 shared cores: oversubscription makes tiny models slower, not faster
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture
