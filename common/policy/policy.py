@@ -22,7 +22,7 @@ from PIL import Image
 
 from common.codec import state_from_bytes, state_to_bytes
 from common.policy.families import Cond, Family
-from common.policy.lora import (ADAPTER, REFERENCE_ADAPTER, AdapterError, read_adapter_dir, to_param_names,
+from common.policy.lora import (ADAPTER, REFERENCE_ADAPTER, AdapterError,
                                 write_adapter_dir)
 from common.policy.references import CompiledReferences, compile_references
 from common.policy.rollout import GroupRollout, StepOutput

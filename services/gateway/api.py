@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -283,7 +283,6 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
                            model: str | None = Form(None), output_format: str | None = Form(None),
                            quality: str | None = Form(None), background: str | None = Form(None),
                            user: str | None = Form(None)):
-        t0 = time.perf_counter()
         files = list(image_list) + list(image)
         if mask is not None:
             raise APIError(400, "mask_not_supported", "mask is not supported; DyRef edits from references only", "mask")

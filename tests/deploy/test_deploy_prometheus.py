@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dyref_promql import ROOT, concrete, dashboards, expressions, metric_names
+from dyref_promql import concrete, dashboards, expressions, metric_names
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("prometheus") is None,

@@ -7,13 +7,12 @@ own Redis namespace and checkpoint folder.
 from __future__ import annotations
 
 import statistics
-import time
 import uuid
 
 import pytest
 
 from common.config import load_config
-from services.launch import StopFlag, run_rl, wait_for
+from services.launch import run_rl, wait_for
 from services.learner.rl_recipe import RLRecipe
 from services.learner.tasks import TaskSource, synthetic_cases
 

@@ -5,7 +5,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from common.codec import state_from_bytes, state_to_bytes
