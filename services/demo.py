@@ -213,7 +213,8 @@ def run_ablation(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, s
             c.policy.init_weights = str(sft_weights)
             c.rl.drs.enabled, c.rl.dar.enabled = drs, dar
             c.rl.checkpoint_dir = str(run_dir / "rl")
-            c.redis.url, c.redis.embedded, c.redis.namespace = redis_url, False, f"ablation-{name.replace('+', 'p')}"
+            c.redis.url, c.redis.embedded = redis_url, False
+            c.redis.namespace = f"{demo_namespace(out)}-{name.replace('+', 'p')}"
             say(f"ablation {name}: RL {plan.rl_steps} steps")
             recipe, state, _ = run_rl(c, redis_url, TaskSource(cases, seed=plan.seed))
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from services.learner.tasks import TaskSource
 __all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue"]
 
 log = logging.getLogger("dyref.learner")
+HISTORY_KEEP = 5000  # per-step scalars kept for reports (a soak run must not grow memory or checkpoints)
 
 
 def task_queue(r, keys: Keys, rc) -> StreamQueue:
@@ -364,6 +365,7 @@ class RLRecipe:
                 stats.update({"step": self.state.step, "version": self.state.version, "seconds/consume": t1 - t0,
                               "seconds/update": t2 - t1, "images": len(batch) * self.rl.group_size})
                 self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
+                del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
                 if on_step:
                     on_step(stats)
         finally:

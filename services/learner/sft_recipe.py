@@ -34,6 +34,7 @@ import torch
 
 from common.policy import MRIGPolicy, build_policy, mix_seed
 from common.policy.families import Cond
+from services.learner.rl_recipe import HISTORY_KEEP
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.tasks import TrainingCase
 
@@ -230,6 +231,7 @@ class SFTRecipe:
         self.state.step += 1
         rec = {"step": self.state.step, "loss": total, "grad_norm": float(norm), "lr": lr, "n_refs": counts}
         self.state.history.append(rec)
+        del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
         return rec
 
     def train(self, steps: int | None = None, on_step: Callable[[dict], None] | None = None) -> LearnerState:

@@ -1,0 +1,52 @@
+"""The main job end to end on its quick plan: report, reuse on a second run, and the ablation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.config import load_config
+from services.demo import run_ablation, run_demo
+from services.demo_cli import QUICK
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    from common.config import RayConfig
+    from services.local import init_ray
+    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_demo_quick_reports_every_stage_then_reuses_them_and_ablates(ray_cluster, redis_server, tmp_path):
+    cfg = load_config("cpu-tiny")
+    out = tmp_path / "demo"
+    summary = run_demo(cfg, out, QUICK, redis_server.url, say=lambda _: None)
+    for stage in ("untrained", "sft", "rl"):
+        cells = summary[stage]["placement"]
+        assert cells["all"]["n"] == QUICK.n_test
+        assert sum(v["n"] for k, v in cells.items() if k != "all") == QUICK.n_test  # by reference count
+    report = (out / "report.md").read_text()
+    assert "## Verdicts" in report and "| rl |" in report
+    for png in ("placement_by_n_refs.png", "target_similarity_by_n_refs.png", "rl_curves.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+    audit = summary["audit"]
+    assert audit["consumed"] == QUICK.rl_steps * 4 and audit["duplicate"] == 0
+    # a second run reuses the finished stages: no SFT or RL step, evaluations untouched
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("eval_*.json")}
+    sft_meta = json.loads((out / "sft" / "sft.json").read_text())
+    again = run_demo(cfg, out, QUICK, redis_server.url, say=lambda _: None)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("eval_*.json")} == stamps
+    assert json.loads((out / "sft" / "sft.json").read_text()) == sft_meta
+    assert again["audit"]["consumed"] == audit["consumed"]
+    # the ablation starts every variant from the same SFT weights
+    results = run_ablation(cfg, out, QUICK, redis_server.url, say=lambda _: None)
+    assert list(results) == ["grpo", "+drs", "+dar", "+drs+dar"]
+    assert "| +drs+dar |" in (out / "ablation" / "ablation.md").read_text()
