@@ -25,11 +25,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from common.config import DyRefConfig, load_config
 from common.schemas import GroupHeader, group_id_for
 from common.transport import EmbeddedRedis, Keys
+from services.launch import wait_for as wait_until  # the one polling helper, re-exported for scenarios
 from services.learner.audit import read_audit
 
 __all__ = ["Outcome", "chaos_cfg", "ledger", "own_redis", "Loop", "actor_pid", "kill_pid", "replica_actors",
@@ -208,12 +209,3 @@ class Loop:
             with contextlib.suppress(Exception):
                 ray.kill(a)
         return statuses
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval_s)
-    return bool(pred())

@@ -14,18 +14,6 @@ from services.chaos.scenarios import SCENARIOS, run_scenario
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    from ray import serve
-
-    from common.config import RayConfig
-    from services.local import init_ray
-    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
 
 @pytest.mark.parametrize("name", [n if ci else pytest.param(n, marks=pytest.mark.slow)
                                   for n, (_fn, ci, _what) in SCENARIOS.items()])

@@ -12,18 +12,6 @@ from services.demo_cli import QUICK
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    from ray import serve
-
-    from common.config import RayConfig
-    from services.local import init_ray
-    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
 
 def test_demo_quick_reports_every_stage_then_reuses_them_and_ablates(ray_cluster, redis_server, tmp_path):
     cfg = load_config("cpu-tiny")

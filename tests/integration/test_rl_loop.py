@@ -19,17 +19,6 @@ from services.learner.tasks import TaskSource, synthetic_cases
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    from common.config import RayConfig
-    from services.local import init_ray
-    import ray
-    from ray import serve
-    init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
 
 def tiny_rl_cfg(redis_server, tmp_path, **rl):
     ns = f"rl{uuid.uuid4().hex[:8]}"
