@@ -170,6 +170,7 @@ class RLConfig(_Section):
     kl: KLConfig = Field(default_factory=KLConfig, description="KL regularisation.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trainable weights.")
     num_generators: int = Field(1, ge=1, description="Generator actors (one per GPU in the gpu profile).")
+    generator_threads: int = Field(1, ge=1, description="torch CPU threads per generator actor (CPU profiles; 1 avoids oversubscription when several share a box).")
 
 
 class SFTConfig(_Section):

@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--generators", type=int, nargs="+", default=[1, 2], help="generator actor counts to run")
+    ap.add_argument("--generator-threads", type=int, default=1, help="torch threads per generator actor")
     args = ap.parse_args()
     import ray
     from common.config import RayConfig
@@ -94,6 +95,7 @@ def main() -> None:
         runs = []
         for n in args.generators:
             cfg = make_cfg(server.url, f"{tmp}/dist{n}", args.steps)
+            cfg.rl.generator_threads = args.generator_threads
             t0 = time.perf_counter()
             _, state, _ = run_rl(cfg, server.url, source, generators=n)
             runs.append((n, state.history, time.perf_counter() - t0))

@@ -42,7 +42,7 @@ def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, pre
     out = []
     for i in range(n):
         a = GeneratorActor.options(name=f"{prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus,
-                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url,
+                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url, threads=cfg.rl.generator_threads,
                                                           metrics_port=cfg.metrics_port + 1 + i if cfg.metrics_port else 0)
         out.append((a, a.run.remote()))
     return out
