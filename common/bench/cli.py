@@ -84,7 +84,7 @@ def synthetic_cmd(out: Path = typer.Option(..., "--out", help="Folder to write t
     """Build a small procedural benchmark offline in the official layout (metadata.json + images)."""
     from common.bench.synthetic import build_synthetic_bench
     meta = build_synthetic_bench(out, n, seed, size)
-    typer.echo(json.dumps({"metadata": str(meta), "image_root": str(out),
+    typer.echo(json.dumps({"metadata": str(meta), "image_root": str(Path(out) / "images"),
                            "stats": metadata_stats(load_cases(meta))}, indent=2))
 
 

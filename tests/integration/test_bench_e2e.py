@@ -31,7 +31,7 @@ def test_synthetic_bench_end_to_end(tmp_path):
     from common.bench.runner import PolicyGenerator
     gen = PolicyGenerator(CountingPolicy(build_policy(cfg.policy)), label="tiny")
     settings = settings_from_policy(cfg.policy, cfg.bench.seed)
-    kw = dict(metadata=meta, image_root=tmp_path / "data", out=tmp_path / "runs", run_name="tiny", progress=False)
+    kw = dict(metadata=meta, image_root=tmp_path / "data" / "images", out=tmp_path / "runs", run_name="tiny", progress=False)
     r1 = run_bench(cfg.bench, settings, gen, **kw)
     assert r1["generated"] == 12 and r1["failed"] == {} and len(calls) == 12
 
