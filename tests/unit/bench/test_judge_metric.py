@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from json_server import JsonServer
 from PIL import Image
 
 from common.bench.judge_metric import (JudgeScorer, OpenAICompatibleJudgeClient, applicable_dims,
@@ -15,37 +14,18 @@ CASE = parse_record({"prompt": "a cat in image 1 in the style of image 2", "inde
                      "edit_image": ["subject_style/2/0/transfer_subjects/a cat.png", "subject_style/2/0/style/reference.png"]})
 
 
-class _Server:
+class _Server(JsonServer):
     """Serves /chat/completions answers from a list (last one repeats); records request bodies."""
 
     def __init__(self, answers: list[str], status: list[int] | None = None):
-        self.answers, self.status, self.bodies = answers, status or [], []
-        outer = self
+        status = status or []
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                i = len(outer.bodies) - 1
-                code = outer.status[i] if i < len(outer.status) else 200
-                text = outer.answers[min(i, len(outer.answers) - 1)]
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        def answer(path: str, body: dict) -> tuple[int, dict]:
+            i = len(self.bodies) - 1
+            text = answers[min(i, len(answers) - 1)]
+            return (status[i] if i < len(status) else 200,
+                    {"choices": [{"message": {"role": "assistant", "content": text}}]})
+        super().__init__(answer, path_prefix="/v1")
 
 
 def _refs():

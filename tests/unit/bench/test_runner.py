@@ -4,10 +4,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
+from json_server import JsonServer
 from PIL import Image
 
 from common.bench.loader import BenchDataError, BenchSet, parse_record
@@ -26,39 +24,18 @@ def _write_cases(root, n=3, start_index=100):
     return BenchSet(parse_record(r) for r in recs)
 
 
-class _Gateway:
+class _Gateway(JsonServer):
     """A real HTTP server answering POST /v1/generations with an image whose colour encodes the seed."""
 
     def __init__(self):
-        self.bodies = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                assert self.path == "/v1/generations"
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                buf = io.BytesIO()
-                Image.new("RGB", (body["width"], body["height"]), (body["seed"] % 256, len(body["references"]), 7)).save(buf, "PNG")
-                payload = json.dumps({"id": "x", "status": "succeeded", "images": [
-                    {"b64_json": base64.b64encode(buf.getvalue()).decode(), "width": body["width"],
-                     "height": body["height"], "seed": body["seed"]}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        def answer(path: str, body: dict) -> tuple[int, dict]:
+            assert path == "/v1/generations"
+            buf = io.BytesIO()
+            Image.new("RGB", (body["width"], body["height"]), (body["seed"] % 256, len(body["references"]), 7)).save(buf, "PNG")
+            return 200, {"id": "x", "status": "succeeded", "images": [
+                {"b64_json": base64.b64encode(buf.getvalue()).decode(), "width": body["width"],
+                 "height": body["height"], "seed": body["seed"]}]}
+        super().__init__(answer)
 
 
 def test_gateway_generation_resume_and_atomic(tmp_path):
