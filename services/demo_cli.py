@@ -37,13 +37,12 @@ def run_demo_command(cfg: DyRefConfig, out: str, quick: bool, serve_seconds: flo
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         console.print(f"[bold]DyRef demo[/bold] -> {out_dir}  (Redis {stack.redis_url.split('@')[-1]}"
                       f"{', embedded' if stack.embedded else ''}; Ray local)")
-        summary = run_demo(cfg, out_dir, plan, stack.redis_url, say=console.print)
+        run_demo(cfg, out_dir, plan, stack.redis_url, say=console.print)
         console.print(f"\n[bold]report[/bold]: {out_dir / 'report.md'}  (plots in {out_dir / 'plots'}); "
                       f"{time.perf_counter() - t0:.0f}s so far")
         console.print((out_dir / "report.md").read_text().split("## placement")[0])
         if serve_seconds != 0:
             _serve(cfg, out_dir, plan, stack.redis_url, serve_seconds, port)
-    _ = summary
 
 
 def _serve(cfg: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seconds: float, port: int) -> None:
