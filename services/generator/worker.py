@@ -57,6 +57,9 @@ class GeneratorWorker:
         self.r = connect(redis_url, cfg.redis, service="generator")
         for reason in ("checksum", "missing", "shape"):
             M.WEIGHT_LOAD_FAILURES.labels(self.id, reason)  # exported as 0 until the first refusal
+        # this generator's series exist from its start, so rate() has points before the first group
+        M.GROUPS_PUBLISHED.labels(self.id)
+        M.IMAGES_GENERATED.labels(self.id)
         self.keys = Keys(cfg.redis.namespace)
         self.tasks = task_queue(self.r, self.keys, cfg.redis)
         self.groups = group_queue(self.r, self.keys, cfg.redis)

@@ -66,6 +66,8 @@ class RewardClient:
         self.handles = handles
         for c in cfg.components:  # exported as 0 until something goes wrong
             M.REWARD_MISSING.labels(c.scorer)
+            M.REWARD_LATENCY.labels(c.scorer)
+            M.REWARD_BATCH_SIZE.labels(c.scorer)
             for reason in ("TimeoutError", "RayTaskError", "RewardCallError"):
                 M.REWARD_ERRORS.labels(c.scorer, reason)
 

@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's `prometheus`) scrapes a short tiny training run (`dyref train rl
---config cpu-tiny --steps 3`, metrics on DYREF_METRICS_PORT and generator actor i on +1+i), and
+--config cpu-tiny --steps 8`, metrics on DYREF_METRICS_PORT and generator actor i on +1+i), and
 every PromQL expression of the training dashboard must return data. Expressions that only read
 gateway metrics belong to a serving run and are checked in the serving test."""
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_every_training_dashboard_expression_returns_data_during_a_tiny_run(tmp_
     dyref = str(Path(sys.executable).with_name("dyref"))
     try:
         start = time.time()
-        run = subprocess.run([dyref, "train", "rl", "--config", "cpu-tiny", "--steps", "3"], cwd=tmp_path,
+        run = subprocess.run([dyref, "train", "rl", "--config", "cpu-tiny", "--steps", "8"], cwd=tmp_path,
                              env=_env(tmp_path, port), capture_output=True, text=True, timeout=240)
         end = time.time()
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
