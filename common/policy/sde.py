@@ -1,10 +1,10 @@
 """One denoising step of a flow-matching sampler, stochastic or not, with its Gaussian log-prob.
 
-Pure functions, exactly as the paper's scheduler (REFERENCE.md §2, flow_factory
-``flow_match_euler_discrete.py step()``). Notation: sigma = current noise level, sigma_next = next,
-dt = sigma_next - sigma < 0, v = velocity prediction, eta = noise level, x = latents [B, ...].
+Pure functions, exactly as the paper's released scheduler (docs/algorithm.md §4). Notation:
+sigma = current noise level, sigma_next = next, dt = sigma_next - sigma < 0, v = velocity
+prediction, eta = noise level, x = latents [B, ...].
 
-| dynamics  | std_dev_t                              | mean                                                                   |
+| dynamics  | std_dev_t (kl_std_dev_t)               | mean                                                                   |
 |-----------|----------------------------------------|------------------------------------------------------------------------|
 | flow-sde  | eta * sqrt(sigma / (1 - sigma~))       | x (1 + std^2 dt / (2 sigma)) + v (1 + std^2 (1 - sigma) / (2 sigma)) dt |
 | dance-sde | eta * sqrt(-dt)                        | x + (v + 0.5 eta^2 (x - x0 (1 - sigma)) / sigma^2) dt, x0 = x - sigma v   |
@@ -12,7 +12,9 @@ dt = sigma_next - sigma < 0, v = velocity prediction, eta = noise level, x = lat
 | ode       | 0                                      | x + v dt                                                               |
 
 sigma~ = sigma, except sigma_max (= sigmas[1]) when sigma == 1 (avoids 1/0). The sample is
-``mean + s * eps`` with s = std_dev_t * sqrt(-dt) for flow-sde and s = std_dev_t otherwise.
+``mean + s * eps`` with s = std_dev_t * sqrt(-dt) for flow-sde and s = std_dev_t otherwise
+(:func:`step_std`): dance-sde's std_dev_t already contains sqrt(-dt). The released v/mean KL
+divide by 2 std_dev_t^2 (:func:`kl_std_dev_t`), the exact Gaussian KL by 2 s^2.
 
 The log-prob is a per-element MEAN over all non-batch dims (not a sum), as the reference computes
 it, so exp(logp_new - logp_old) is a tempered, per-dimension ratio:
@@ -28,7 +30,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["DYNAMICS", "Dynamics", "SDEStep", "sde_step", "step_std", "gaussian_log_prob"]
+__all__ = ["DYNAMICS", "Dynamics", "SDEStep", "sde_step", "step_std", "kl_std_dev_t", "gaussian_log_prob"]
 
 Dynamics = Literal["flow-sde", "dance-sde", "cps", "ode"]
 DYNAMICS = ("flow-sde", "dance-sde", "cps", "ode")
@@ -52,24 +54,37 @@ def _as_t(s, like: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def step_std(dynamics: Dynamics, sigma, sigma_next, noise_level: float, sigma_max=None) -> torch.Tensor:
-    """Std ``s`` of the step's Gaussian (what multiplies eps). 0 for ode. sigma: float or tensor."""
+def kl_std_dev_t(dynamics: Dynamics, sigma, sigma_next, noise_level: float, sigma_max=None) -> torch.Tensor:
+    """The step's ``std_dev_t`` (the table's column), which the released v/mean KL divide by.
+
+    KL_v = mean((v_theta - v_ref)^2) / (2 std_dev_t^2 + 1e-7) (docs/algorithm.md §4). It is not the
+    step std for flow-sde (that is std_dev_t * sqrt(-dt), :func:`step_std`), and it is for the
+    others: dance-sde's eta * sqrt(-dt) already holds the sqrt(-dt), so dividing it out again
+    would make the KL |dt| times too small. 0 for ode. sigma: float or tensor -> float32 tensor.
+    """
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float32)
-    dt = sigma_next - sigma
     if dynamics == "flow-sde":
         if sigma_max is None:
             sigma_max = sigma_next  # only matters when sigma == 1; callers pass sigmas[1]
         st = torch.where(sigma == 1, torch.as_tensor(sigma_max, dtype=torch.float32), sigma)
-        std_dev_t = noise_level * torch.sqrt(sigma / (1 - st))
-        return std_dev_t * torch.sqrt(-dt)
+        return noise_level * torch.sqrt(sigma / (1 - st))
     if dynamics == "dance-sde":
-        return noise_level * torch.sqrt(-dt)
+        return noise_level * torch.sqrt(sigma - sigma_next)
     if dynamics == "cps":
         return sigma_next * math.sin(noise_level * math.pi / 2)
     if dynamics == "ode":
         return torch.zeros_like(sigma)
     raise ValueError(f"unknown dynamics {dynamics!r}; expected one of {', '.join(DYNAMICS)}")
+
+
+def step_std(dynamics: Dynamics, sigma, sigma_next, noise_level: float, sigma_max=None) -> torch.Tensor:
+    """Std ``s`` of the step's Gaussian (what multiplies eps). 0 for ode. sigma: float or tensor."""
+    std_dev_t = kl_std_dev_t(dynamics, sigma, sigma_next, noise_level, sigma_max)
+    if dynamics == "flow-sde":  # the only dynamics whose sample scales std_dev_t by sqrt(-dt)
+        dt = torch.as_tensor(sigma_next, dtype=torch.float32) - torch.as_tensor(sigma, dtype=torch.float32)
+        return std_dev_t * torch.sqrt(-dt)
+    return std_dev_t
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

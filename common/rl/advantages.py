@@ -1,4 +1,4 @@
-"""Group-relative advantages: GRPO and GDPO (REFERENCE §1.2, §1.3).
+"""Group-relative advantages: GRPO and GDPO (docs/algorithm.md §2).
 
 Notation: B groups (one prompt/task each), G members per group, K reward components.
 
@@ -8,7 +8,7 @@ Missing scores (decision, used by both estimators)
   reference) is excluded for that group explicitly via ``applies[k, b] = False``; its values are
   never read. The released code instead fills NaN with the rank-local mean of the reward, which
   puts rank-dependent constants into one group and GDPO then scales that fake variance up to unit
-  size (REFERENCE §3.2, §10.8).
+  size (docs/algorithm.md §6, §8).
 * A **missing individual score** (NaN in one member, e.g. an unparsable judge answer) is handled
   per member by default (``missing="mask_member"``): the group's mean/std for that reward use the
   members that have a score, and the member without one gets a normalised value of 0 for that
@@ -94,7 +94,7 @@ def gdpo_advantages(
     eps: float = 1e-6,
     missing: Missing = "mask_member",
 ) -> torch.Tensor:
-    """GDPO advantage (REFERENCE §1.3): per-reward group normalisation, weighted sum, batch norm.
+    """GDPO advantage (docs/algorithm.md §2): per-reward group normalisation, weighted sum, batch norm.
 
         A_k[b,i] = (r_k[b,i] − mean_g r_k[b]) / max(std_g r_k[b], ε)      for k applying to b
         C[b,i]   = Σ_{k : applies[k,b]} w_k · A_k[b,i]

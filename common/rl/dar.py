@@ -1,29 +1,35 @@
-"""Difficulty-aware reweighting, "DAR": a focal-style weight per group (REFERENCE §1.4).
+"""Difficulty-aware reweighting, "DAR": a focal-style weight per group (docs/algorithm.md §3).
 
-Difficulty p̄_g is the mean *raw* similarity of group g's members (the pre-sigmoid DRS value).
+Difficulty of group g, in both modes (the released order: clip each member, then average)::
 
-mode "normalized" (default)::
+    p_i  = clip(raw_i, 0, 1)              raw_i = member i's raw (pre-sigmoid) similarity
+    p̄_g  = mean_i p_i                     over g's scored members        (:func:`group_difficulty`)
+
+A negative cosine therefore counts as 0 ("no likeness"), never as "worse than none": one member
+at −0.9 cannot drag a group whose other members match down to the hardest weight.
+
+mode "normalized" (default) reads gamma, beta, n0, w_min, w_max::
 
     b_g = (1 − p̄_g + 1e-6)^γ · (n_g / n0)^β            γ float; the count factor is off when β = 0
     w_g = clip(c · b_g, w_min, w_max)   with the scalar c > 0 chosen so that mean_g w_g = 1
 
-This is the fixed point the issue's "normalise to mean 1, clip, renormalise" asks for, taken in
-closed form: the weights keep their order, and their ratios wherever they are not at a bound
-(groups at a bound stay exactly there). A literal clip/renormalise loop also rescales the clipped
-weights and stops at a path-dependent point, so it is not used. c is found exactly
-(mean_g clip(c·b_g) is piecewise linear and non-decreasing in c), so the weights are positive,
-within [w_min, w_max] and have mean 1 to rounding whenever w_min ≤ 1 ≤ w_max.
+This is one closed-form scale-then-clip, not a clip/renormalise loop: the weights keep their
+order, and their ratios wherever they are not at a bound (groups at a bound stay exactly there).
+A literal clip/renormalise loop also rescales the clipped weights and stops at a path-dependent
+point, so it is not used. c is found exactly (mean_g clip(c·b_g) is piecewise linear and
+non-decreasing in c), so the weights are positive, within [w_min, w_max] and have mean 1 to
+rounding whenever w_min ≤ 1 ≤ w_max.
 
-mode "reference" reproduces the released order of operations exactly, for comparisons::
+mode "reference" reproduces the released code exactly, for comparisons; it reads gamma (cast to
+int), w_min and w_max, and ignores beta, n0 and the reference counts::
 
-    p  = clip(p̄, 0, 1)
-    w  = clip((max(0, 1 − p) + 1e-6)^int(γ), w_min, w_max)
+    w  = clip((max(0, 1 − p̄) + 1e-6)^int(γ), w_min, w_max)
     w  = clip(w / max(mean w, 1e-6), w_min, w_max)
 
-Two reference bugs are kept in this mode only: γ is cast to int (γ = 1.5 acts as 1, γ = 0.5 as 0),
+Two released bugs are kept in this mode only: γ is cast to int (γ = 1.5 acts as 1, γ = 0.5 as 0),
 and clipping *before* normalising sends every group with p̄ > 1 − 0.5^(1/γ) (0.29 for γ = 2) to
 the 0.5 floor, so in the usual similarity range (0.5-0.8) all weights come back as 1: a no-op.
-The reference's count factor is dead code, so ``n_refs`` is ignored there.
+The released count factor is dead code, so ``n_refs`` is ignored there.
 """
 from __future__ import annotations
 
@@ -39,14 +45,16 @@ Mode = Literal["normalized", "reference"]
 
 
 def group_difficulty(raw: Any) -> torch.Tensor:
-    """p̄_g = mean of the raw similarities of group g's scored members. [B, G] -> [B]; NaN = missing.
+    """p̄_g = mean_i clip(raw_gi, 0, 1) over group g's scored members. [B, G] -> [B]; NaN = missing.
 
+    Each member is clipped *before* the mean, as the released code does: averaging first would let
+    a negative member cancel a matching one (raw [−0.5, 0.5] would read as p̄ = 0, the hardest).
     A group with no scored member gets NaN; :func:`dar_weights` rejects it, so the caller decides.
     """
     r = as_float(raw, "raw")
     if r.dim() != 2:
         raise ValueError(f"raw: expected shape [B, G], got {tuple(r.shape)}")
-    return torch.nanmean(r, dim=-1)
+    return torch.nanmean(r.clamp(0.0, 1.0), dim=-1)  # clamp keeps NaN
 
 
 def scale_clip_to_unit_mean(b: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -90,7 +98,8 @@ def dar_weights(
     """Per-group DAR weights (formulas in the module docstring).
 
     Args:
-        p_bar: [B] group difficulty p̄_g, the group's mean raw similarity (clipped to [0, 1]).
+        p_bar: [B] group difficulty p̄_g in [0, 1], see :func:`group_difficulty` (clipped to [0, 1]
+            again here, which changes nothing for a p̄ it computed).
         n_refs: [B] reference count of each group, or None (count factor off). Ignored in
             "reference" mode (dead code in the released trainer).
         gamma, beta, n0, w_min, w_max: see DARConfig.

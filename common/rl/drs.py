@@ -1,13 +1,14 @@
-"""Discriminative reward scaling, "DRS" (REFERENCE §3.1, the ``image_similarity`` reward).
+"""Discriminative reward scaling, "DRS" (docs/algorithm.md §1, the ``image_similarity`` reward).
 
     k(n) = k0 + k1·(n − 2)        (increase, released: 10, 13, 16, 19, 22 for n = 2..6)
          = k0 + k1·(n_max − n)    (decrease)
          = k0                     (constant)
     r    = reduce_j sigmoid(k(n)·(s_j − τ))      released: τ 0.65, reduce mean
-    raw  = reduce_j s_j                           (DAR's difficulty reads this, REFERENCE §1.4)
+    raw  = reduce_j s_j                           (DAR's difficulty reads this, docs/algorithm.md §3)
 
 A steeper slope with more references sharpens the separation of a group's members around τ.
-When DRS is off (ablation) the reward is the raw similarity.
+When DRS is off (ablation) the reward is the raw similarity. The config refuses at load any
+slope with k(n) <= 0 for a reference count a task may carry (docs/algorithm.md §5).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from ._checks import as_bool, as_float, check_shape
 
-__all__ = ["drs_slope", "drs_reward", "apply_drs"]
+__all__ = ["drs_slope", "drs_reward", "apply_drs", "calibrate_tau"]
 
 KMode = Literal["increase", "decrease", "constant"]
 Reduce = Literal["mean", "max", "min"]
@@ -39,7 +40,7 @@ def drs_slope(n: Any, k0: float, k1: float, k_mode: KMode = "increase", n_max: i
     else:
         raise ValueError(f"k_mode: expected 'increase', 'decrease' or 'constant', got {k_mode!r}")
     if not torch.isfinite(k).all() or (k <= 0).any():
-        bad = nt[~(torch.isfinite(k) & (k > 0))].flatten()[:3].tolist()
+        bad = torch.unique(nt[~(torch.isfinite(k) & (k > 0))]).flatten()[:3].tolist()  # one per count
         raise ValueError(f"drs slope k(n) must be > 0; k_mode={k_mode}, k0={k0}, k1={k1}, n_max={n_max} "
                          f"gives k <= 0 for n in {bad}")
     return k
@@ -100,7 +101,26 @@ def drs_reward(
     return torch.where(any_target, reward, nan), torch.where(any_target, raw, nan)
 
 
+def calibrate_tau(raw_scores: Any, quantile: float = 0.5) -> float:
+    """τ for ``tau: auto``: the ``quantile`` of the starting policy's raw per-reference scores s_j.
+
+    raw_scores: any shape, NaN = missing (ignored). The sigmoid is then steepest where the starting
+    policy's scores are, so DRS spreads a group instead of mapping every member to ≈ 0 or ≈ 1
+    (with the released τ = 0.65 and scores near 0.93, every member maps to ≈ 1). Raises ValueError
+    when no score is finite."""
+    x = as_float(raw_scores, "raw_scores").flatten()
+    x = x[torch.isfinite(x)]
+    if x.numel() == 0:
+        raise ValueError("cannot calibrate the DRS tau: no finite raw score in the batch")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"tau quantile must lie in (0, 1), got {quantile}")
+    return float(torch.quantile(x.double(), quantile))
+
+
 def apply_drs(cfg: Any, sims: Any, n_refs: Any, mask: Any | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`drs_reward` with the fields of a ``DRSConfig`` (honours ``cfg.enabled``)."""
+    """:func:`drs_reward` with the fields of a ``DRSConfig`` (honours ``cfg.enabled``). A tau of
+    'auto' must have been replaced by its calibrated value (:func:`calibrate_tau`) before."""
+    if cfg.enabled and isinstance(cfg.tau, str):
+        raise ValueError("rl.drs.tau is 'auto' but was not calibrated: pass a config with the calibrated tau")
     return drs_reward(sims, n_refs, tau=cfg.tau, k0=cfg.k0, k1=cfg.k1, k_mode=cfg.k_mode,
                       n_max=cfg.n_max, reduce=cfg.reduce, mask=mask, enabled=cfg.enabled)

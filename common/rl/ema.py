@@ -1,4 +1,4 @@
-"""Exponential moving average of the trainable weights (REFERENCE §1.8).
+"""Exponential moving average of the trainable weights (docs/algorithm.md §13).
 
     ema ← d·ema + (1 − d)·θ,   applied only when (step + 1) % update_interval == 0
     d   = min((1 + step) / (10 + step), decay)   with warm-up (the reference), else d = decay

@@ -1,16 +1,18 @@
-"""KL penalty between the policy's and the reference policy's SDE step (REFERENCE §1.6, §2).
+"""KL penalty between the policy's and the reference policy's SDE step (docs/algorithm.md §4).
 
-σ_t = ``std_dev_t`` of the Flow-SDE step, dt = σ' − σ < 0; the step is x' ~ N(μ, s²I) with
-s = σ_t·√|dt|. Means are over all non-batch elements, one value per sample:
+σ_t = the step's ``std_dev_t`` (``common.policy.sde.kl_std_dev_t``, one formula per dynamics) and
+s = the step's std (``common.policy.sde.step_std``): the step is x' ~ N(μ, s²I), with
+s = σ_t·√|dt| for flow-sde and s = σ_t for the other dynamics. Means are over all non-batch
+elements, one value per sample:
 
     "v"        KL_b = mean((v_θ − v_ref)²) / (2σ_t² + 1e-7)      released default (v-based)
     "mean"     KL_b = mean((μ_θ − μ_ref)²) / (2σ_t² + 1e-7)      released x-based form
     "gaussian" KL_b = mean((μ_θ − μ_ref)²) / (2 s²)               exact KL of the two step Gaussians
 
-Neither released form is the exact KL (the x-based one is off by |dt|, the v-based one also
-lacks the drift coefficient). "gaussian" is exact per element: both Gaussians share the std s,
-so KL = Σ (Δμ)²/(2s²); we take the per-element *mean*, consistent with the per-element-mean
-log-prob the ratio uses (a tempered KL, same scale as the ratio's exponent).
+Neither released form is the exact KL (for flow-sde the x-based one is off by |dt|, the v-based
+one also lacks the drift coefficient). "gaussian" is exact per element: both Gaussians share the
+std s, so KL = Σ (Δμ)²/(2s²); we take the per-element *mean*, consistent with the
+per-element-mean log-prob the ratio uses (a tempered KL, same scale as the ratio's exponent).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def kl_penalty(
     mean_ref: Any | None = None,
     std_dev_t: Any = None,
     dt: Any | None = None,
+    step_std: Any | None = None,
 ) -> torch.Tensor:
     """Per-sample KL estimate [B] (formulas in the module docstring).
 
@@ -60,8 +63,10 @@ def kl_penalty(
         kind: "v", "mean" or "gaussian".
         v_theta, v_ref: [B, ...] velocity predictions (kind "v").
         mean_theta, mean_ref: [B, ...] step means μ = next_latents_mean (kinds "mean", "gaussian").
-        std_dev_t: σ_t, scalar or [B].
-        dt: σ' − σ, scalar or [B] (kind "gaussian"); its sign is ignored.
+        std_dev_t: σ_t, scalar or [B] (``kl_std_dev_t`` of the step's dynamics).
+        step_std: s, scalar or [B] (``step_std`` of the step's dynamics); kind "gaussian" uses it.
+        dt: σ' − σ, scalar or [B]; its sign is ignored. Kind "gaussian" without ``step_std``
+            takes s = σ_t·√|dt|, which is the step std of flow-sde only.
     The reference inputs carry no gradient by construction; gradients flow through the θ inputs.
     """
     if kind not in KL_KINDS:
@@ -75,9 +80,12 @@ def kl_penalty(
     sig = _per_sample(std_dev_t, "std_dev_t", d2.shape[0]).to(d2)
     if kind in ("v", "mean"):
         return d2 / (2 * sig.pow(2) + 1e-7)
-    if dt is None:
-        raise ValueError("dt is required for the gaussian KL")
-    s2 = sig.pow(2) * _per_sample(dt, "dt", d2.shape[0]).to(d2).abs()
+    if step_std is not None:
+        s2 = _per_sample(step_std, "step_std", d2.shape[0]).to(d2).pow(2)
+    elif dt is None:
+        raise ValueError("gaussian KL: step_std or dt is required (s = std_dev_t·sqrt(|dt|) holds for flow-sde only)")
+    else:
+        s2 = sig.pow(2) * _per_sample(dt, "dt", d2.shape[0]).to(d2).abs()
     if (s2 <= 0).any() or not torch.isfinite(s2).all():
-        raise ValueError("gaussian KL needs a noisy step: std_dev_t·sqrt(|dt|) must be > 0 (an ODE step has no KL)")
+        raise ValueError("gaussian KL needs a noisy step: the step std must be > 0 (an ODE step has no KL)")
     return d2 / (2 * s2)

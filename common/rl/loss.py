@@ -1,4 +1,4 @@
-"""Clipped PPO surrogate with DAR group weights and a KL penalty (REFERENCE §1.5), plus diagnostics.
+"""Clipped PPO surrogate with DAR group weights and a KL penalty (docs/algorithm.md §12), plus diagnostics.
 
 Per sample i (B samples, one trained SDE step each; logp is the per-element-mean log-prob):
 

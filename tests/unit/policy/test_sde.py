@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from common.policy.sde import DYNAMICS, gaussian_log_prob, sde_step, step_std
+from common.policy.sde import DYNAMICS, gaussian_log_prob, kl_std_dev_t, sde_step, step_std
 
 
 def _xv(b=3, seed=0):
@@ -106,3 +106,32 @@ def test_gaussian_log_prob_mean_over_elements():
     x = torch.zeros(2, 3, 4)
     lp = gaussian_log_prob(x, torch.zeros_like(x), torch.tensor(1.0))
     torch.testing.assert_close(lp, torch.full((2,), -0.5 * math.log(2 * math.pi)))
+
+
+@pytest.mark.parametrize("dyn, sigma, sigma_next, eta, sigma_max, std_dev_t, s", [
+    # flow-sde: eta sqrt(sigma / (1 - sigma)) = sqrt(.8 / .2) = 2; sample std 2 sqrt(.2) = .894427
+    ("flow-sde", 0.8, 0.6, 1.0, None, 2.0, 2.0 * math.sqrt(0.2)),
+    # flow-sde at sigma 1 reads sigma_max .9: .5 sqrt(1 / .1) = 1.581139; sample std x sqrt(.1) = .5
+    ("flow-sde", 1.0, 0.9, 0.5, 0.9, 0.5 * math.sqrt(10.0), 0.5),
+    # dance-sde: eta sqrt(-dt) = .5 sqrt(.25) = .25, which IS the sample std (no second sqrt(-dt))
+    ("dance-sde", 0.7, 0.45, 0.5, None, 0.25, 0.25),
+    # cps: sigma_next sin(eta pi / 2) = .6 sin(pi / 6) = .3, also the sample std
+    ("cps", 0.7, 0.6, 1 / 3, None, 0.3, 0.3),
+    # ode: no noise
+    ("ode", 0.7, 0.6, 1.0, None, 0.0, 0.0),
+])
+def test_kl_std_dev_t_and_step_std_per_dynamics(dyn, sigma, sigma_next, eta, sigma_max, std_dev_t, s):
+    assert kl_std_dev_t(dyn, sigma, sigma_next, eta, sigma_max=sigma_max).item() == pytest.approx(std_dev_t, rel=1e-6, abs=1e-7)
+    assert step_std(dyn, sigma, sigma_next, eta, sigma_max=sigma_max).item() == pytest.approx(s, rel=1e-6, abs=1e-7)
+    # the std the sampler draws with is step_std, for every dynamics
+    x, v, eps = _xv(seed=6)
+    out = sde_step(dyn, x, v, sigma, sigma_next, eta, sigma_max=sigma_max, noise=eps)
+    assert out.std.item() == pytest.approx(s, rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(out.prev_sample, out.mean + s * eps)
+
+
+def test_kl_std_dev_t_tensor_sigmas_and_unknown_dynamics():
+    got = kl_std_dev_t("dance-sde", torch.tensor([0.8, 0.5]), torch.tensor([0.6, 0.3]), 1.0)
+    torch.testing.assert_close(got, torch.tensor([math.sqrt(0.2), math.sqrt(0.2)]))
+    with pytest.raises(ValueError, match="unknown dynamics"):
+        kl_std_dev_t("nope", 0.8, 0.6, 1.0)

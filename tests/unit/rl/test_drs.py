@@ -104,3 +104,21 @@ def test_prop_steeper_with_more_references(s, n):
     # the slope at tau, k(n)/4, grows with n
     k = drs_slope(t([n, n + 1]), 10, 3)
     assert k[1] > k[0]
+
+
+def test_calibrated_tau_is_the_quantile_of_the_starting_scores():
+    from common.rl import calibrate_tau
+    # median of [0.1, 0.2, 0.3, 0.9] (NaN ignored) = (0.2 + 0.3) / 2 = 0.25; 75th percentile by
+    # linear interpolation at position 0.75·3 = 2.25: 0.3 + 0.25·(0.9 − 0.3) = 0.45
+    scores = torch.tensor([[0.9, float("nan")], [0.1, 0.3], [0.2, float("nan")]])
+    assert calibrate_tau(scores, 0.5) == pytest.approx(0.25)
+    assert calibrate_tau(scores, 0.75) == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="no finite"):
+        calibrate_tau(torch.tensor([float("nan")]))
+
+
+def test_uncalibrated_auto_tau_is_refused():
+    from common.config import DRSConfig
+    from common.rl import apply_drs
+    with pytest.raises(ValueError, match="auto"):
+        apply_drs(DRSConfig(tau="auto"), torch.ones(2, 1), torch.ones(2))

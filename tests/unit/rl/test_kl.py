@@ -70,3 +70,13 @@ def test_bad_input():
         kl_penalty("gaussian", mean_theta=x, mean_ref=x, std_dev_t=0.0, dt=-0.1)
     with pytest.raises(ValueError, match="std_dev_t"):
         kl_penalty("v", x, x, std_dev_t=torch.ones(3))
+
+
+def test_gaussian_kind_uses_the_given_step_std():
+    # dance-sde: the step std IS std_dev_t (eta sqrt(-dt) = .25); delta .1 -> .01 / (2 * .0625) = .08,
+    # whatever dt says (std_dev_t * sqrt|dt| would be the flow-sde relation, .125 here)
+    mu, mu_ref = torch.zeros(1, 4), torch.full((1, 4), 0.1)
+    kl = kl_penalty("gaussian", mean_theta=mu, mean_ref=mu_ref, std_dev_t=0.25, dt=-0.25, step_std=0.25)
+    assert kl.item() == pytest.approx(0.08, rel=1e-6)
+    with pytest.raises(ValueError, match="noisy step"):
+        kl_penalty("gaussian", mean_theta=mu, mean_ref=mu_ref, std_dev_t=0.25, step_std=0.0)

@@ -2,23 +2,29 @@
 
 Each group carries, per reward component, either None (the reward does not apply: e.g. no style
 reference, or no ground-truth target) or a [G][J] list of raw per-target scores (None = missing,
-e.g. an unparsable judge answer). The order of operations is the paper's (DESIGN.md):
+e.g. an unparsable judge answer). The order of operations is the paper's (docs/algorithm.md §1-§3):
 
     r_k  = DRS(s_kj)  for components with drs=True, else mean_j s_kj        [K, B, G]
     A    = GDPO(r, w, applies)  or  GRPO(sum_k w_k r_k)                      [B, G]
-    p̄_g  = mean over the group of the raw (pre-sigmoid) similarity           [B]
+    p̄_g  = mean_i clip(raw_gi, 0, 1), raw = reduce_j s_j of the first drs   [B]
+           component (else of the first component); clip before the mean
     w_g  = DAR(p̄_g, n_g)                                                     [B]
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from common.config import RewardComponent, RLConfig
-from common.rl import apply_dar, apply_drs, batch_diagnostics, gdpo_advantages, grpo_advantages
+from .advantages import gdpo_advantages, grpo_advantages
+from .dar import apply_dar, group_difficulty
+from .drs import apply_drs
+from .loss import batch_diagnostics
+
+if TYPE_CHECKING:  # the config sections are only read, by field name
+    from common.config import RewardComponent, RLConfig
 
 __all__ = ["BatchSignals", "reward_tensors", "batch_signals"]
 
@@ -95,6 +101,13 @@ def reward_tensors(groups: Sequence[dict[str, Any]], n_refs: Sequence[int], comp
 
 def batch_signals(groups: Sequence[dict[str, Any]], n_refs: Sequence[int], components: Sequence[RewardComponent],
                   rl: RLConfig) -> BatchSignals:
+    """B scored groups -> advantages [B, G] and DAR weights [B] (formulas in the module docstring).
+
+    groups[b][name]: [G][J] raw scores (None = missing) or None (reward k does not apply to b);
+    n_refs: [B] reference counts (DRS slope, DAR count factor). Raises ValueError when the batch
+    cannot be scored (e.g. a DRS slope k(n) <= 0 for some n, scores for the wrong group size);
+    the learner then finds and dead-letters the group at fault.
+    """
     rewards, raw, applies = reward_tensors(groups, n_refs, components, rl.drs)
     weights = torch.tensor([c.weight for c in components], dtype=torch.float64)
     if rl.advantage == "gdpo":
@@ -107,12 +120,13 @@ def batch_signals(groups: Sequence[dict[str, Any]], n_refs: Sequence[int], compo
         total = torch.where(missing, torch.full_like(contrib[0], float("nan")), contrib.nan_to_num(0.0).sum(0))
         adv = grpo_advantages(total, eps=rl.adv_eps, global_std=rl.global_std)
     # DAR difficulty: the raw similarity of the first DRS component (the paper's sim_raw), else of
-    # the first component; a group where it does not apply gets the batch's mean difficulty
+    # the first component, each member clipped to [0, 1] before the group mean (the released
+    # order); a group where it does not apply gets the batch's mean difficulty
     k_dar = next((k for k, c in enumerate(components) if c.drs), 0)
-    p_bar = torch.nanmean(raw[k_dar], dim=-1)
+    p_bar = group_difficulty(raw[k_dar])
     if torch.isnan(p_bar).all():
         p_bar = torch.full_like(p_bar, 0.5)
-    p_bar = torch.where(torch.isnan(p_bar), torch.nanmean(p_bar), p_bar).clamp(0.0, 1.0)
+    p_bar = torch.where(torch.isnan(p_bar), torch.nanmean(p_bar), p_bar)
     n = torch.tensor([float(x) for x in n_refs], dtype=torch.float64)
     w = apply_dar(rl.dar, p_bar, n)
     diag = batch_diagnostics(rewards, w, eps=rl.adv_eps, applies=applies)
