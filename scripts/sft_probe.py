@@ -62,13 +62,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-steps", type=int, default=8)
     ap.add_argument("--curriculum", type=float, nargs=2, default=(0.3, 0.7))
+    ap.add_argument("--train-text-encoder", action="store_true", help="Train the text encoder jointly.")
+    ap.add_argument("--max-refs", type=int, default=6)
+    ap.add_argument("--categories", nargs="*", default=None, help="Synthetic categories (default all).")
+    ap.add_argument("--steps", type=int, default=None, help="Fixed step count instead of the time budget.")
+    ap.add_argument("--max-seq", type=int, default=112, help="Text tokens (padded).")
+    ap.add_argument("--te-layers", type=int, nargs="*", default=None, help="Text-encoder hidden states fed to the transformer.")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.te_layers:
+        import common.policy.tiny as tiny
+        tiny.SMALL_FLUX_OUT_LAYERS = tuple(a.te_layers)
     ref = a.size // 2
-    train, test = make_train_test(a.n_train, a.n_test, a.seed, size=a.size, ref_size=ref, max_refs=6)
+    train, test = make_train_test(a.n_train, a.n_test, a.seed, size=a.size, ref_size=ref, max_refs=a.max_refs,
+                                  categories=a.categories)
     pcfg = PolicyConfig(tiny_size=a.tiny_size, height=a.size, width=a.size, reference_size=max(16, ref),
-                        max_sequence_length=112, finetune=a.finetune, seed=a.seed, eval_inference_steps=a.eval_steps,
+                        max_sequence_length=a.max_seq, finetune=a.finetune, seed=a.seed, eval_inference_steps=a.eval_steps,
+                        train_text_encoder=a.train_text_encoder,
                         lora=LoraConfig(rank=a.rank, alpha=a.rank))
     untrained = summary(evaluate(build_policy(pcfg), test, a.eval_steps))
     print("untrained", json.dumps(untrained), flush=True)
@@ -88,7 +99,7 @@ def main() -> None:
     for _ in range(12):
         r.train_step()
     s_step = (time.perf_counter() - t_enc) / 12
-    steps = max(20, int((a.seconds - (t_enc - t)) / s_step))
+    steps = a.steps or max(20, int((a.seconds - (t_enc - t)) / s_step))
     print(f"{s_step:.3f} s/step -> {steps} steps", flush=True)
     r = recipe(steps, f"/tmp/sft_probe_{os.getpid()}")
     t0 = time.perf_counter()

@@ -2,108 +2,129 @@
 
     untrained tiny policy --SFT--> stage 1 --RL (generators, Serve rewards, Redis, learner, DAR+DRS)--> stage 2
 
-Every stage is evaluated on the same held-out synthetic split (placement accuracy and similarity
-to the ground-truth target, by reference count, with 95% bootstrap intervals), the report is
-written as Markdown + PNG plots, and the final policy is served over HTTP. A second run reuses
-the finished stages (SFT adapter, RL checkpoint, evaluations) found in the output folder.
+Every stage is evaluated on the same held-out synthetic split, case by case with the same noise
+(common.synthetic.evaluation): placement, per-reference similarity, similarity to the target and
+background error, by reference count, with 95% bootstrap intervals, and RL − SFT as paired
+per-case differences. SFT is evaluated while it trains, and an evaluator follows the published
+weights while RL runs. The report is Markdown + PNG plots; the final policy is served over HTTP.
+A second run reuses the finished stages (SFT weights, RL checkpoint, evaluations) in its folder.
+What the task is and why it is shaped this way: docs/learning.md.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from common.config import DyRefConfig
 
-__all__ = ["DemoPlan", "demo_config", "run_demo", "evaluate", "run_ablation"]
+__all__ = ["DemoPlan", "demo_config", "run_demo", "run_ablation", "ABLATION_VARIANTS", "demo_namespace"]
 
 log = logging.getLogger("dyref.demo")
-# held-out metrics: placement accuracy and similarity to the target (higher is better), mean
-# absolute error of the background outside the subjects' slots (lower is better)
-METRICS = ("placement", "target_similarity", "background_error")
 
 
 @dataclass
 class DemoPlan:
-    """Sizes chosen so the whole job fits ~15 minutes on 2 CPU cores (see scripts/sft_probe.py)."""
+    """Sizes chosen so the whole job fits ~15 minutes on 2 CPU cores (docs/learning.md)."""
     seed: int = 0
     n_train: int = 2000
-    n_test: int = 96
+    n_test: int = 192
     size: int = 32
-    max_refs: int = 6
-    sft_steps: int = 1000
-    rl_steps: int = 100
+    max_refs: int = 3
+    categories: tuple[str, ...] = ("subject", "subject_bg")
+    sft_steps: int = 3000
+    sft_eval_every: int = 500
+    rl_steps: int = 300
     eval_steps: int = 8
-    rl_lr: float = 1e-4
-    kl_beta: float = 0.04
-    drs_tau: float = 0.65
+    eval_subset: int = 48          # held-out cases scored while SFT and RL train
+    rl_eval_every: int = 25        # published versions between two evaluations during RL
+    rl_lr: float = 3e-4
+    rl_min_refs: int = 1           # every count: trained on ≥ 2 only, 1-reference placement decayed (docs/learning.md §5)
+    kl_beta: float = 0.2           # 0.02 let the backdrop drift (+0.03), 1.0 froze the policy (docs/learning.md §5)
+    drs_tau_quantile: float = 0.5
+    advantage: str = "gdpo"
+    drs: bool = True
+    dar: bool = True
+    shuffle_advantages: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> "DemoPlan":
+        """The plan a finished demo folder was run with (its plan.json)."""
+        saved = json.loads((Path(folder) / "plan.json").read_text())
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
 def demo_namespace(out: Path) -> str:
-    """One Redis namespace per demo folder: a run never meets another run's tasks or weights."""
-    import hashlib
-    return "demo-" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:10]
+    """One Redis namespace per demo folder, kept in the folder: a run never meets another run's tasks
+    or weights, and a deleted and re-created folder starts a new ledger instead of meeting its old one."""
+    import uuid
+    path = out / ".redis-namespace"
+    if path.is_file():
+        return path.read_text().strip()
+    out.mkdir(parents=True, exist_ok=True)
+    ns = "demo-" + uuid.uuid4().hex[:10]
+    path.write_text(ns)
+    return ns
+
+
+def reward_components() -> list[dict]:
+    """Per-reference consistency (docs/learning.md): one s_j per subject (DRS per reference, DAR
+    reads their mean), the background reference's similarity, and the scene outside the subjects
+    against the target (every case: what no reference describes must not drift), each
+    GDPO-normalised on its own."""
+    return [{"name": "subjects", "scorer": "references", "against": "none", "roles": ["subject"], "weight": 1.0, "drs": True},
+            {"name": "background", "scorer": "references", "against": "none", "roles": ["background"], "weight": 1.0},
+            {"name": "scene", "scorer": "references", "against": "target", "weight": 1.0}]
 
 
 def demo_config(base: DyRefConfig, out: Path, plan: DemoPlan, namespace: str | None = None) -> DyRefConfig:
     """The demo's settings on top of a profile: the 'small' tiny policy (lossless pixel codec, word
-    tokenizer), full fine-tune (2x faster per step than LoRA on a random base: scripts/sft_probe.py),
-    RL rewarded by similarity to the ground-truth target with DRS, and DAR on."""
+    tokenizer), full fine-tune with the text encoder trained in SFT (frozen in RL), RL rewarded by
+    per-reference consistency with DRS (τ calibrated from the SFT policy) and DAR."""
     data = base.model_dump(mode="python")
     data["policy"].update(tiny_size="small", height=plan.size, width=plan.size, reference_size=16,
-                          encoder_reference_size=16, max_sequence_length=112, num_inference_steps=plan.eval_steps,
+                          encoder_reference_size=16, max_sequence_length=64, num_inference_steps=plan.eval_steps,
                           eval_inference_steps=plan.eval_steps, finetune="full", init_weights=None,
-                          sde={"dynamics": "flow-sde", "noise_level": 1.0, "train_steps": [1, 2, 3], "num_train_steps": 1})
+                          train_text_encoder=True, seed=plan.seed,
+                          sde={"dynamics": "flow-sde", "noise_level": 1.0, "train_steps": [0, 1, 2], "num_train_steps": 1})
     data["sft"].update(output_dir=str(out / "sft"), steps=plan.sft_steps, seed=plan.seed, lr=2e-3, batch_size=16,
                        timestep_sampling="logit-normal", timestep_shift=3.0, lr_decay="cosine", warmup_steps=20,
-                       ref_curriculum=(0.3, 0.7), checkpoint_every=100)
-    data["rl"].update(checkpoint_dir=str(out / "rl"), total_steps=plan.rl_steps, advantage="gdpo", group_size=8,
-                      groups_per_step=4, seed=plan.seed, checkpoint_every=10, lr=plan.rl_lr, clip_range=1e-4)
-    data["rl"]["drs"].update(enabled=True, tau=plan.drs_tau)
-    data["rl"]["dar"].update(enabled=True, mode="normalized")
-    # KL to the SFT policy (DyRef's default reference; the paper's beta): without it, 100 noisy
-    # full fine-tune steps at lr 1e-3 walked the policy away from SFT (reward and held-out fell)
+                       ref_curriculum=(0.3, 0.7), checkpoint_every=250, eval_every=plan.sft_eval_every)
+    data["rl"].update(checkpoint_dir=str(out / "rl"), total_steps=plan.rl_steps, advantage=plan.advantage, group_size=8,
+                      groups_per_step=4, seed=plan.seed, checkpoint_every=25, lr=plan.rl_lr, clip_range=1e-4,
+                      eval_every=plan.rl_eval_every, shuffle_advantages=plan.shuffle_advantages)
+    data["rl"]["drs"].update(enabled=plan.drs, tau="auto", tau_quantile=plan.drs_tau_quantile)
+    data["rl"]["dar"].update(enabled=plan.dar, mode="normalized")
     data["rl"]["kl"].update(beta=plan.kl_beta, kind="v", reference="sft")
     data["rl"]["ema"].update(enabled=False)
-    data["rewards"].update(components=[{"name": "image_similarity", "scorer": "similarity", "weight": 1.0,
-                                        "against": "target", "drs": True}])
+    data["rewards"].update(components=reward_components(), reference_backend="looks")
     data["redis"].update(namespace=namespace or demo_namespace(out))
+    for dotted, value in plan.extra.items():   # benchmark overrides, e.g. {"rl.minibatches": 2}
+        node = data
+        *path, last = dotted.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
     return DyRefConfig.from_dict(data)
 
 
-# ---- evaluation --------------------------------------------------------------------------------
-
-def evaluate(policy, cases, steps: int, seed: int = 1, similarity=None) -> list[dict]:
-    """Per held-out case: placement accuracy, and similarity to the target when a scorer is given."""
-    from common.policy.families import to_pil
-    from common.synthetic import background_error, placement_accuracy
-    rows = []
-    for c in cases:
-        img = policy.generate(c.prompt, [(r, im) for r, im, _ in c.references], seed=seed + c.index,
-                              num_inference_steps=steps, output_type="np")[0]
-        row = {"index": c.index, "category": c.category, "n_refs": c.n_refs,
-               "placement": float(placement_accuracy(img, c)), "background_error": float(background_error(img, c))}
-        if similarity is not None:
-            row["target_similarity"] = float(similarity.score(to_pil(img[None]), [[c.target]])[0][0])
-        rows.append(row)
-    return rows
+def rl_policy_config(cfg: DyRefConfig, sft_weights: Path) -> DyRefConfig:
+    """RL starts from the SFT weights; the text encoder loads from them and stays frozen."""
+    c = cfg.model_copy(deep=True)
+    c.policy.init_weights = str(sft_weights)
+    c.policy.train_text_encoder = False
+    return c
 
 
-def _summarise(rows: list[dict], metric: str) -> dict:
-    from common.bench.report import bootstrap_ci
-    by_n: dict[int, list[float]] = {}
-    for r in rows:
-        by_n.setdefault(r["n_refs"], []).append(r[metric])
-    out = {}
-    for n, vals in sorted(by_n.items()):
-        lo, hi = bootstrap_ci(vals) if len(vals) > 1 else (None, None)
-        out[n] = {"mean": sum(vals) / len(vals), "ci95": [lo, hi], "n": len(vals)}
-    allv = [r[metric] for r in rows]
-    lo, hi = bootstrap_ci(allv)
-    out["all"] = {"mean": sum(allv) / len(allv), "ci95": [lo, hi], "n": len(allv)}
+def rl_cases(cases, plan: DemoPlan):
+    """The RL stage's tasks: training cases with at least ``plan.rl_min_refs`` references."""
+    out = [c for c in cases if len(c.references) >= plan.rl_min_refs]
+    if not out:
+        raise ValueError(f"no training case has {plan.rl_min_refs} or more references")
     return out
 
 
@@ -117,15 +138,64 @@ def _cached(path: Path, make: Callable[[], object]):
     return value
 
 
+def make_data(plan: DemoPlan):
+    from common.synthetic import make_train_test, min_refs
+    fewest = min(min_refs(c) for c in plan.categories)   # equal weight on every count the categories allow
+    counts = {n: 1.0 for n in range(fewest, plan.max_refs + 1)}
+    return make_train_test(plan.n_train, plan.n_test, plan.seed, size=plan.size, ref_size=16, max_refs=plan.max_refs,
+                           categories=list(plan.categories), count_weights=counts)
+
+
+def eval_subset(test, k: int):
+    """k held-out cases spread evenly over reference counts (the fixed split scored during training)."""
+    by_n: dict[int, list] = {}
+    for c in test:
+        by_n.setdefault(c.n_refs, []).append(c)
+    out, i = [], 0
+    while len(out) < min(k, len(test)):
+        for n in sorted(by_n):
+            if i < len(by_n[n]) and len(out) < k:
+                out.append(by_n[n][i])
+        i += 1
+    return out
+
+
+def _strip(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "image"} for r in rows]
+
+
+def run_sft(cfg: DyRefConfig, cases, test, plan: DemoPlan, say: Callable[[str], None]):
+    from common.synthetic.evaluation import evaluate_policy, flat_scores
+    from services.learner.sft_recipe import SFTRecipe
+    sft = SFTRecipe(cfg.policy, cfg.sft, cases).setup(total_steps=plan.sft_steps)
+    subset = eval_subset(test, plan.eval_subset)
+
+    def evaluate(policy) -> dict:
+        return flat_scores(evaluate_policy(policy, subset, plan.eval_steps), ("placement", "background_error"))
+
+    if sft.state.step < plan.sft_steps:
+        say(f"SFT: {plan.sft_steps - sft.state.step} steps (from step {sft.state.step}), held-out check every "
+            f"{plan.sft_eval_every} on {len(subset)} cases")
+
+        def on_step(r: dict) -> None:
+            if "eval/placement/all" in r:
+                by_n = " ".join(f"{k.split('/')[-1]}:{v:.2f}" for k, v in r.items()
+                                if k.startswith("eval/placement/") and not k.endswith("/all"))
+                say(f"  sft step {r['step']} loss {r['loss']:.4f} held-out placement {r['eval/placement/all']:.3f} "
+                    f"({by_n}) background error {r['eval/background_error/all']:.3f}")
+        sft.train(on_step=on_step, evaluate=evaluate)
+    return sft
+
+
 def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: Callable[[str], None] = print,
              serve_port: int | None = None) -> dict:
     import torch
 
     from common.policy import build_policy
     from common.rewards.registry import build_scorer
-    from common.synthetic import chance_levels, make_train_test
+    from common.synthetic import chance_levels
+    from common.synthetic.evaluation import METRICS, evaluate_policy, paired_difference, summarise
     from services.launch import run_rl
-    from services.learner.sft_recipe import SFTRecipe
     from services.learner.tasks import TaskSource, TrainingCase
 
     torch.set_num_threads(1)
@@ -135,95 +205,139 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    train, test = make_train_test(plan.n_train, plan.n_test, plan.seed, size=plan.size, ref_size=16,
-                                  max_refs=plan.max_refs)
-    cases = [TrainingCase(c.prompt, list(c.references), c.target, c.index) for c in train]
+    train, test = make_data(plan)
+    cases = [TrainingCase(**c.training_case()) for c in train]
     timings["data"] = time.perf_counter() - t0
     similarity = build_scorer("similarity", cfg.rewards)
-    say(f"data: {len(train)} train / {len(test)} held-out synthetic cases, 1-{plan.max_refs} references, {plan.size}px")
+    say(f"data: {len(train)} train / {len(test)} held-out synthetic cases ({', '.join(plan.categories)}), "
+        f"1-{plan.max_refs} references, {plan.size}px")
+    images: dict[str, dict[int, object]] = {}
+
+    def evaluate(policy, stage: str) -> list[dict]:
+        rows = evaluate_policy(policy, test, plan.eval_steps, similarity=similarity, keep_images=True)
+        images[stage] = {r["index"]: r["image"] for r in rows}
+        return _strip(rows)
+
+    def staged(stage: str, make_policy) -> list[dict]:
+        t = time.perf_counter()
+        path = out / f"eval_{stage}.json"
+        if path.is_file() and (out / f"images_{stage}.npz").is_file():
+            import numpy as np
+            with np.load(out / f"images_{stage}.npz") as z:
+                images[stage] = {int(k): z[k] for k in z.files}
+            rows = json.loads(path.read_text())
+        else:
+            rows = evaluate(make_policy().eval(), stage)
+            path.write_text(json.dumps(rows, indent=1))
+            import numpy as np
+            np.savez_compressed(out / f"images_{stage}.npz", **{str(k): v for k, v in images[stage].items()})
+        timings[f"eval_{stage}"] = time.perf_counter() - t
+        return rows
 
     # stage 0: untrained
-    t0 = time.perf_counter()
-    untrained = _cached(out / "eval_untrained.json",
-                        lambda: evaluate(build_policy(cfg.policy).eval(), test, plan.eval_steps, similarity=similarity))
-    timings["eval_untrained"] = time.perf_counter() - t0
-    say(f"untrained: placement {_summarise(untrained, 'placement')['all']['mean']:.3f}")
+    untrained = staged("untrained", lambda: build_policy(cfg.policy))
+    say(f"untrained: held-out placement {summarise(untrained, 'placement')['all']['mean']:.3f}")
 
     # stage 1: SFT (resumes from its checkpoint; a finished one is reused)
     t0 = time.perf_counter()
-    sft = SFTRecipe(cfg.policy, cfg.sft, cases).setup(total_steps=plan.sft_steps)
-    if sft.state.step < plan.sft_steps:
-        say(f"SFT: {plan.sft_steps - sft.state.step} steps (from step {sft.state.step})")
-        sft.train(on_step=lambda r: r["step"] % 100 == 0 and say(f"  sft step {r['step']} loss {r['loss']:.4f}"))
+    sft = run_sft(cfg, cases, test, plan, say)
     timings["sft"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sft_rows = _cached(out / "eval_sft.json", lambda: evaluate(sft.policy.eval(), test, plan.eval_steps, similarity=similarity))
-    timings["eval_sft"] = time.perf_counter() - t0
-    say(f"SFT: placement {_summarise(sft_rows, 'placement')['all']['mean']:.3f}")
+    sft_rows = staged("sft", lambda: sft.policy)
+    say(f"SFT: held-out placement {summarise(sft_rows, 'placement')['all']['mean']:.3f}")
 
-    # stage 2: RL through the distributed loop, starting from the SFT adapter
-    rl_cfg = cfg.model_copy(deep=True)
-    rl_cfg.policy.init_weights = str(sft.out / "trainable.safetensors")
-    rl_cfg.redis.url = redis_url
-    rl_cfg.redis.embedded = False
+    # stage 2: RL through the distributed loop, starting from the SFT weights
+    rl_cfg = rl_policy_config(cfg, sft.out / "trainable.safetensors")
+    rl_cfg.redis.url, rl_cfg.redis.embedded = redis_url, False
     t0 = time.perf_counter()
-    source = TaskSource(cases, seed=plan.seed)
-    recipe, state, statuses = run_rl(rl_cfg, redis_url, source, on_step=lambda s: s["step"] % 5 == 0 and say(
-        f"  rl step {s['step']} v{s['version']} reward {s.get('reward/image_similarity', float('nan')):.4f} "
-        f"dar_w_std {s.get('dar_weight_std', 0):.3f}"))
+    source = TaskSource(rl_cases(cases, plan), seed=plan.seed)
+    recipe, state, statuses = run_rl(rl_cfg, redis_url, source, eval_cases=eval_subset(test, plan.eval_subset),
+                                     on_step=lambda s: s["step"] % 10 == 0 and say(
+        f"  rl step {s['step']} v{s['version']} reward subjects {s.get('reward/subjects', float('nan')):.3f} "
+        f"background {s.get('reward/background', float('nan')):.3f} τ {s.get('drs_tau', float('nan')):.3f} "
+        f"kl {s.get('kl', 0):.2e}"))
     timings["rl"] = time.perf_counter() - t0
+    from services.evaluator.worker import read_eval_history
+    eval_history = read_eval_history(recipe.r, recipe.keys)
     (out / "rl_history.json").write_text(json.dumps(state.history))
-    t0 = time.perf_counter()
-    rl_rows = _cached(out / "eval_rl.json", lambda: evaluate(recipe.policy.eval(), test, plan.eval_steps, similarity=similarity))
-    timings["eval_rl"] = time.perf_counter() - t0
-    say(f"RL: placement {_summarise(rl_rows, 'placement')['all']['mean']:.3f}")
+    (out / "rl_eval_history.json").write_text(json.dumps(eval_history))
+    rl_rows = staged("rl", lambda: recipe.policy)
+    say(f"RL: held-out placement {summarise(rl_rows, 'placement')['all']['mean']:.3f}")
 
     stages = {"untrained": untrained, "sft": sft_rows, "rl": rl_rows}
-    summary = {name: {m: _summarise(rows, m) for m in METRICS} for name, rows in stages.items()}
+    summary: dict = {name: {m: summarise(rows, m) for m in METRICS} for name, rows in stages.items()}
+    summary["rl_minus_sft"] = {m: paired_difference(sft_rows, rl_rows, m) for m in METRICS}
+    summary["sft_minus_untrained"] = {m: paired_difference(untrained, sft_rows, m) for m in METRICS}
     summary["chance_placement"] = {int(k): v for k, v in chance_levels(test).items()}
     summary["timings_s"] = timings
     summary["audit"] = recipe.audit()
-    summary["generators"] = statuses
+    summary["drs_tau"] = state.drs_tau
+    summary["workers"] = statuses
+    summary["sft_history"] = [r for r in sft.state.history if any(k.startswith("eval/") for k in r)]
     from services.demo_report import write_demo_report
-    write_demo_report(out, summary, state.history, plan)
+    write_demo_report(out, summary, state.history, eval_history, plan, test, images)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
-def run_ablation(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: Callable[[str], None] = print) -> dict:
-    """RL from the same SFT adapter with GRPO only, +DRS, +DAR and +both; held-out score by count."""
+# ---- ablation ----------------------------------------------------------------------------------
+
+# name -> plan overrides; every variant starts from the same SFT weights with the same budget
+ABLATION_VARIANTS: dict[str, dict] = {
+    "grpo": dict(advantage="grpo", drs=False, dar=False),
+    "gdpo": dict(advantage="gdpo", drs=False, dar=False),
+    "gdpo+drs": dict(advantage="gdpo", drs=True, dar=False),
+    "gdpo+dar": dict(advantage="gdpo", drs=False, dar=True),
+    "gdpo+drs+dar": dict(advantage="gdpo", drs=True, dar=True),
+    "shuffled": dict(advantage="gdpo", drs=True, dar=True, shuffle_advantages=True),
+}
+
+
+def run_ablation(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seeds=(0, 1, 2),
+                 variants: tuple[str, ...] = tuple(ABLATION_VARIANTS), say: Callable[[str], None] = print) -> dict:
+    """RL variants from the same SFT weights (one SFT per seed, trained here when missing), held-out
+    rows per variant and seed; paired per-case differences against GDPO. Results: out/ablation/."""
+    import dataclasses
+
     import torch
 
-    from common.rewards.registry import build_scorer
-    from common.synthetic import make_train_test
+    from common.synthetic.evaluation import evaluate_policy
     from services.launch import run_rl
     from services.learner.tasks import TaskSource, TrainingCase
 
     torch.set_num_threads(1)
-    cfg = demo_config(base, out, plan)
-    sft_weights = out / "sft" / "trainable.safetensors"
-    if not sft_weights.is_file():
-        raise FileNotFoundError(f"no SFT weights at {sft_weights}: run `dyref demo` first (it trains stage 1)")
-    train, test = make_train_test(plan.n_train, plan.n_test, plan.seed, size=plan.size, ref_size=16, max_refs=plan.max_refs)
-    cases = [TrainingCase(c.prompt, list(c.references), c.target, c.index) for c in train]
-    similarity = build_scorer("similarity", cfg.rewards)
-    results = {}
-    for name, drs, dar in (("grpo", False, False), ("+drs", True, False), ("+dar", False, True), ("+drs+dar", True, True)):
-        run_dir = out / "ablation" / name.replace("+", "plus_")
-        path = run_dir / "eval.json"
-        if not path.is_file():
-            c = cfg.model_copy(deep=True)
-            c.policy.init_weights = str(sft_weights)
-            c.rl.drs.enabled, c.rl.dar.enabled = drs, dar
-            c.rl.checkpoint_dir = str(run_dir / "rl")
-            c.redis.url, c.redis.embedded = redis_url, False
-            c.redis.namespace = f"{demo_namespace(out)}-{name.replace('+', 'p')}"
-            say(f"ablation {name}: RL {plan.rl_steps} steps")
-            recipe, state, _ = run_rl(c, redis_url, TaskSource(cases, seed=plan.seed))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(evaluate(recipe.policy.eval(), test, plan.eval_steps, similarity=similarity)))
-        rows = json.loads(path.read_text())
-        results[name] = {m: _summarise(rows, m) for m in METRICS}
-    from services.demo_report import write_ablation_table
-    write_ablation_table(out / "ablation", results)
+    results: dict[str, dict[int, list[dict]]] = {v: {} for v in variants}
+    walls: dict[str, list[float]] = {}
+    for seed in seeds:
+        splan = dataclasses.replace(plan, seed=seed)
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        cfg = demo_config(base, seed_dir, splan)
+        train, test = make_data(splan)
+        cases = [TrainingCase(**c.training_case()) for c in train]
+        sft = run_sft(cfg, cases, test, splan, say)
+        sft_rows = _cached(seed_dir / "eval_sft.json", lambda: _strip(evaluate_policy(sft.policy.eval(), test, splan.eval_steps)))
+        results.setdefault("sft", {})[seed] = sft_rows
+        for name in variants:
+            vplan = dataclasses.replace(splan, **ABLATION_VARIANTS[name])
+            run_dir = seed_dir / "ablation" / name.replace("+", "_")
+            path = run_dir / "eval.json"
+            if not path.is_file():
+                c = rl_policy_config(demo_config(base, run_dir, vplan, namespace=f"{demo_namespace(run_dir)}"),
+                                     sft.out / "trainable.safetensors")
+                c.rl.eval_every = 0
+                c.redis.url, c.redis.embedded = redis_url, False
+                say(f"ablation seed {seed} {name}: RL {plan.rl_steps} steps")
+                t0 = time.perf_counter()
+                recipe, state, _ = run_rl(c, redis_url, TaskSource(rl_cases(cases, vplan), seed=seed))
+                rows = _strip(evaluate_policy(recipe.policy.eval(), test, splan.eval_steps))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rows))
+                (run_dir / "run.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "drs_tau": state.drs_tau,
+                                                              "audit": recipe.audit()}))
+            results[name][seed] = json.loads(path.read_text())
+            run_json = run_dir / "run.json"
+            if run_json.is_file():
+                walls.setdefault(name, []).append(json.loads(run_json.read_text())["seconds"])
+    from services.demo_report import write_ablation_report
+    write_ablation_report(out, results, plan, seeds, walls)
     return results

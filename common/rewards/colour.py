@@ -1,4 +1,4 @@
-"""A simple learnable reward for tests and demos (RECIPES.md §7):
+"""A simple learnable reward for tests and demos (docs/measurements.md §7):
 
     r = −‖mean_rgb(img) − target‖₂,    img in [0, 1], target in [0, 1]^3        (r <= 0, 0 is best)
 """
@@ -12,7 +12,7 @@ from PIL import Image
 
 __all__ = ["ColourScorer", "DEFAULT_TARGET_RGB"]
 
-DEFAULT_TARGET_RGB = (0.36, 0.56, 0.30)     # what the tiny Flux2Klein VAE can reach (RECIPES.md §7)
+DEFAULT_TARGET_RGB = (0.36, 0.56, 0.30)     # what the tiny Flux2Klein VAE can reach (docs/measurements.md §7)
 
 
 class ColourScorer:

@@ -6,10 +6,10 @@
 - "pooler": pooler_output (SigLIP attention head, DINOv2 CLS after layernorm) or image_embeds
             (CLIP projection)                                     -> [N, hidden | proj]
 - "flat":   the whole last_hidden_state flattened (tokens x hidden), the paper's released mode
-            (REFERENCE.md §3.1): cosine of two such vectors is a spatially aligned, token-by-token
+            (docs/algorithm.md §8): cosine of two such vectors is a spatially aligned, token-by-token
             similarity                                            -> [N, tokens * hidden]
 
-Sources: "tiny" builds a seeded random tower from a small config (RECIPES.md recipe H; offline),
+Sources: "tiny" builds a seeded random tower from a small config (docs/measurements.md §3; offline),
 "pretrained" loads a local folder; its config's model_type decides the class (so a SigLIP2 NaFlex
 checkpoint gets Siglip2VisionModel, google/siglip2-base-patch16-384 — whose config says "siglip" —
 gets SiglipVisionModel). Nothing is ever downloaded. Image processors are the *ImageProcessorPil

@@ -1,4 +1,4 @@
-"""VLM judge: OmniRef-Bench rubric (REFERENCE.md §6), prompt layout and STRICT answer parsing.
+"""VLM judge: OmniRef-Bench rubric (docs/benchmark.md §4), prompt layout and STRICT answer parsing.
 
 Six 0–10 dimensions; −1 means "not applicable" (the reference type is absent). Conservative
 anchors: 10 flawless, 8 excellent with negligible flaws, 6 passable, <5 noticeable errors.

@@ -4,15 +4,15 @@ Two modes:
 - "generate": the model writes the JSON answer (rubric of judge.py), parsed strictly; an
   unparsable answer is recorded as missing.
 - "expected": one teacher-forced forward per (request, dimension) reads the score distribution
-  (RECIPES.md §3) after the assistant prefix '{"score": ':
+  (docs/measurements.md §3) after the assistant prefix '{"score": ':
       p_d = softmax over the digit tokens "0".."9" at the first answer position
       q   = P("0" | '{"score": 1') renormalised over {"0"} and the number terminators "}", ",", " ", "\\n"
             (Qwen tokenizers split numbers into single digits, so "10" is "1" then "0")
       E[score] = sum_d d * p_d + 9 * p_1 * q                   in [0, 10]
   A random tiny model therefore still yields numbers, which is what CPU runs need.
 
-Sources: "tiny" builds a seeded random model from a small config (RECIPES.md recipes C/D/G, with
-the recipe-A tokenizer from common.policy.tiny); "pretrained" loads a local folder (model_type
+Sources: "tiny" builds a seeded random model from a small config (docs/measurements.md §3, with
+the byte-level tokenizer from common.policy.tiny); "pretrained" loads a local folder (model_type
 qwen2_5_vl or qwen3_vl), never downloading. Processors are built by hand with
 Qwen2VLImageProcessorPil because the stock ones need torchvision for their video half.
 """

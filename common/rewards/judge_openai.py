@@ -1,6 +1,6 @@
 """OpenAI-compatible judge client: POST {base_url}/v1/chat/completions via httpx.
 
-Images go as base64 JPEG (quality 80, long side <= 512, REFERENCE.md §6). Transient failures
+Images go as base64 JPEG (quality 80, long side <= 512, docs/benchmark.md §4). Transient failures
 (429, 5xx, timeouts, connection errors) are retried with exponential backoff (tenacity); a
 request that still fails is recorded as missing for that sample. Other 4xx (bad key, bad request)
 raise JudgeError: retrying cannot fix configuration. Requests are spaced by a rate limiter

@@ -1,4 +1,4 @@
-"""Deterministic lighting-consistency score (OmniRef-Bench, REFERENCE.md §6). No model.
+"""Deterministic lighting-consistency score (OmniRef-Bench, docs/benchmark.md §3). No model.
 
 Both images are resized to 512x512 and compared through LAB and grey statistics:
 
@@ -138,7 +138,7 @@ def lighting_terms(generated: Image.Image, reference: Image.Image) -> dict[str, 
 
 
 def lighting_score(generated: Image.Image, reference: Image.Image) -> float:
-    """score = 100 * sum_k w_k * term_k, in [0, 100] (REFERENCE.md §6)."""
+    """score = 100 * sum_k w_k * term_k, in [0, 100] (docs/benchmark.md §3)."""
     return lighting_terms(generated, reference)["score"]
 
 

@@ -7,6 +7,7 @@
 | judge      | LocalVLMJudge / OpenAIJudge    | (requests: list[JudgeRequest]) -> list[dict[str, float | None]] |
 | lighting   | LightingScorer                 | (generated, lighting_refs: list[PIL | None]) -> list[float | None] |
 | colour     | ColourScorer                   | (generated) -> list[float]                              |
+| references | PerReferenceScorer             | (generated, references: list[list[ReferenceInput]], roles) -> list[list[float | None]] |
 
 `kw` overrides constructor arguments (e.g. `dimensions=["background_consistency"]` for a judge
 component scored against the background reference, `target_rgb=...` for colour).
@@ -19,7 +20,7 @@ from common.config import RewardsConfig
 
 __all__ = ["SCORER_KINDS", "build_scorer"]
 
-SCORER_KINDS = ("similarity", "style", "judge", "lighting", "colour")
+SCORER_KINDS = ("similarity", "style", "judge", "lighting", "colour", "references")
 
 
 def _judge(cfg: RewardsConfig, **kw):
@@ -54,6 +55,9 @@ def build_scorer(kind: str, rewards_cfg: RewardsConfig, **kw):
     if kind == "lighting":
         from common.rewards.lighting import LightingScorer
         return LightingScorer()
+    if kind == "references":
+        from common.rewards.per_reference import PerReferenceScorer
+        return PerReferenceScorer.from_config(rewards_cfg)
     if kind == "colour":
         from common.rewards.colour import ColourScorer
         return ColourScorer(kw.get("target_rgb", rewards_cfg.colour_target))

@@ -1,6 +1,6 @@
 """Per-target embedding cosine similarities: the raw s_j of the paper's image_similarity reward.
 
-    s_j = cos(f(gen), f(T_j))          (REFERENCE.md §3.1 step 1)
+    s_j = cos(f(gen), f(T_j))          (docs/algorithm.md §8)
 
 The scorer returns the raw s_j only. Reducing over j, the DRS sigmoid k(n)·(s_j − τ) and the
 `sim_raw` DAR reads are the learner's business (common/rl). T is the ground-truth target when the

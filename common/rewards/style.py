@@ -1,9 +1,9 @@
 """Style scorer: cosine between style embeddings of the generated image and the style reference.
 
-    r = cos(E(gen), E(style_ref)) in [-1, 1]          (REFERENCE.md §3.2; raw, no mean-fill)
+    r = cos(E(gen), E(style_ref)) in [-1, 1]          (docs/algorithm.md §8; raw, no mean-fill)
 
 Samples without a style reference get None (missing). The paper writes NaN and later fills it with
-the rank-local mean, which leaks rank-dependent noise into GDPO (REFERENCE.md §3.2); we never fill.
+the rank-local mean, which leaks rank-dependent noise into GDPO (docs/algorithm.md §8); we never fill.
 
 Embedders E (each `embed(list[PIL]) -> Tensor[N, D]` with unit rows):
 - GramStyleEmbedder ("tiny", no model): colour statistics + Gram matrix of a fixed, seeded filter

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from common.synthetic.compose import render_case, render_target
+from common.synthetic.compose import render_case, render_target, slot_box
 from common.synthetic.spec import CATEGORIES, MAX_REFS, CaseSpec, fingerprint, min_refs, sample_spec
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "case_from_spec", "make_split", "make_train_test", "to_pil",
 ]
 
-# OmniRef-Bench (skeleton metadata, REFERENCE.md §5.3): cases per category and per reference count
+# OmniRef-Bench (skeleton metadata, docs/benchmark.md §2): cases per category and per reference count
 OMNIREF_CATEGORY_WEIGHTS = {"subject": 50, "subject_bg": 51, "subject_style": 50, "subject_pose": 45,
                             "subject_bg_style": 40, "subject_lighting": 40, "subject_pose_bg": 30,
                             "subject_pose_style": 30, "subject_pose_lighting": 30,
@@ -63,6 +63,27 @@ class SyntheticCase:
     @property
     def size(self) -> int:
         return self.target.size[0]
+
+    def reference_boxes(self) -> list[tuple[float, float, float, float] | None]:
+        """Per reference (prompt order), where its content belongs in the target as (x0, y0, x1, y1)
+        fractions: a subject's slot box, the posed subject's box for a pose; None for the others."""
+        def frac(k: int) -> tuple[float, float, float, float]:
+            x0, y0, x1, y1 = slot_box(self.spec.subjects[k].slot, self.size)
+            return (x0 / self.size, y0 / self.size, x1 / self.size, y1 / self.size)
+        out = []
+        for role, k in self.spec.order:
+            if role == "subject":
+                out.append(frac(k))
+            elif role == "pose":
+                out.append(frac(self.spec.pose.subject))
+            else:
+                out.append(None)
+        return out
+
+    def training_case(self):
+        """This case as the learner's :class:`~services.learner.tasks.TrainingCase` fields."""
+        return dict(prompt=self.prompt, references=list(self.references), target=self.target, index=self.index,
+                    boxes=self.reference_boxes())
 
     def layers(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """(backdrop (S, S, 3) float quantised like the target, subject masks (S, S) bool), from the spec."""

@@ -1,6 +1,6 @@
 """Scores of a generated image against a synthetic case's ground truth.
 
-RECIPES.md §8: pixel MSE barely separates models on this task (a constant grey image already
+docs/measurements.md §8: pixel MSE barely separates models on this task (a constant grey image already
 scores low), colour-at-position does. So the main metric asks, per placed subject, whether the
 generated image shows *that subject's colour* where the subject belongs:
 
@@ -8,8 +8,17 @@ generated image shows *that subject's colour* where the subject belongs:
     e_j = mean of the ground-truth target over subject j's mask     (every subject j)
     b_i = mean of the backdrop (the target without subjects) over mask i   ("nothing here")
     τ_i = ½ · min(min_{j≠i} ‖e_i − e_j‖, ‖e_i − b_i‖)       (half the gap to the nearest rival)
-    hit_i = ‖g_i − e_i‖ ≤ τ_i
+    c_i = mean of the target over the pixels of mask i at least 0.7× as bright as its brightest
+          (the subject's body colour, without its darker texture marks)
+    spill_i = (#pixels outside i's slot within r_i = min(τ_i, 0.15) of c_i in the generated image
+               − the same count in the target) / #pixels of mask i within r_i of c_i in the target
+               (how many copies of i's body colour appear elsewhere)
+    hit_i = ‖g_i − e_i‖ ≤ τ_i  and  spill_i < ½
     placement_accuracy = mean_i hit_i
+
+The spill condition is what keeps a flooded image from counting as placed: a model rewarded only
+for what is inside each subject's slot learns to paint every subject's colour everywhere
+(docs/learning.md); such an image shows the colours but not the composition.
 
 The mask mean is the subject's "dominant colour" including its texture and the style/lighting
 applied to it; the ground truth therefore scores exactly 1. The margin τ_i (rather than "nearest
@@ -31,7 +40,7 @@ from common.synthetic.cases import SyntheticCase
 from common.synthetic.compose import render_target, slot_box
 from common.synthetic.spec import SLOTS
 
-__all__ = ["Placement", "placement", "placement_accuracy", "background_error", "chance_levels",
+__all__ = ["Placement", "placement", "placement_hits", "placement_accuracy", "background_error", "chance_levels",
            "as_array"]
 
 
@@ -74,17 +83,37 @@ def placement(case: SyntheticCase) -> list[Placement]:
     return out
 
 
-def placement_accuracy(generated: Image.Image | np.ndarray, case: SyntheticCase) -> float:
-    """Fraction of placed subjects whose slot shows their colour (module docstring). In [0, 1]."""
+def placement_hits(generated: Image.Image | np.ndarray, case: SyntheticCase) -> list[bool]:
+    """Per placed subject (spec order): its slot shows its colour and its colour is not spilled
+    elsewhere (module docstring)."""
     gen = as_array(generated, case.size)
+    target = np.asarray(case.target, np.float32) / 255.0
     places = placement(case)
     expected = np.array([p.colour for p in places])                     # (k, 3)
-    hits = 0
+    hits = []
     for i, p in enumerate(places):
         rivals = np.vstack([np.delete(expected, i, axis=0), np.asarray(p.empty)[None]])
         tau = 0.5 * np.linalg.norm(rivals - expected[i], axis=1).min()
-        hits += bool(np.linalg.norm(gen[p.mask].mean(0) - expected[i]) <= tau)
-    return hits / len(places)
+        inside = bool(np.linalg.norm(gen[p.mask].mean(0) - expected[i]) <= tau)
+        px = target[p.mask]
+        lum = px.mean(-1)
+        body = px[lum >= 0.7 * lum.max()].mean(0)
+        x0, y0, x1, y1 = p.box
+        outside = np.ones(gen.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        r = min(tau, 0.15)
+        near = lambda img: int((np.linalg.norm(img[outside] - body, axis=-1) <= r).sum())  # noqa: E731
+        own_body = int((np.linalg.norm(px - body, axis=-1) <= r).sum())   # the body's pixels in the target
+        spill = (near(gen) - near(target)) / max(own_body, 1)
+        hits.append(inside and spill < 0.5)
+    return hits
+
+
+def placement_accuracy(generated: Image.Image | np.ndarray, case: SyntheticCase) -> float:
+    """Fraction of placed subjects whose slot shows their colour, with no copy of it elsewhere
+    (module docstring). In [0, 1]."""
+    hits = placement_hits(generated, case)
+    return sum(hits) / len(hits)
 
 
 def background_error(generated: Image.Image | np.ndarray, case: SyntheticCase) -> float:

@@ -6,9 +6,9 @@ Layout under ``root`` (both splits may share one root; case ids carry the split 
     images/<category>/<n_refs>/<case_id>/transfer_subjects/<subject name>.png
     images/.../background/background.png | style/reference.png |
                lighting/lighting_reference.jpeg | pose/skeleton/<subject_name>.png
-    <split>.jsonl            training records (REFERENCE.md §5.1): image, edit_image, prompt,
+    <split>.jsonl            training records (docs/benchmark.md §1): image, edit_image, prompt,
                              index, is_style, is_test, plus category and "synthetic" (spec + metadata)
-    <split>_metadata.json    OmniRef-Bench metadata (REFERENCE.md §5.3): a list of
+    <split>_metadata.json    OmniRef-Bench metadata (docs/benchmark.md §2): a list of
                              {image, prompt, edit_image, index, category}
 
 All paths in the records are relative to ``root/images`` (the training format's ``image_dir``

@@ -120,6 +120,16 @@ def training() -> dict:
     b.ts("Zero-std groups", [("max(dyref_learner_zero_std_group_fraction)", "fraction")], unit="percentunit",
          description="Groups whose combined reward has zero std give no GRPO signal.")
 
+    b.row("Held-out evaluation")
+    b.ts("Held-out placement by reference count", [('max by (n_refs) (dyref_eval_score{metric="placement"})', "{{n_refs}} refs")],
+         unit="none", description="The evaluator scores a fixed held-out split every rl.eval_every published versions: "
+                                  "colour in the right slot and not copied elsewhere (docs/learning.md).")
+    b.ts("Held-out per-reference similarity", [('max by (n_refs) (dyref_eval_score{metric="reference_similarity"})', "{{n_refs}} refs")],
+         unit="none", description="Mean raw per-reference score s_j of the held-out images (1 = every reference in place).")
+    b.ts("Held-out background error", [('max by (n_refs) (dyref_eval_score{metric="background_error"})', "{{n_refs}} refs"),
+                                       ("max(dyref_eval_policy_version)", "evaluated version")], unit="none",
+         description="Mean absolute error outside the subjects' slots (lower is better), and the version scored.")
+
     b.row("Policy update")
     b.ts("Advantage", [("max by (stat) (dyref_learner_advantage)", "{{stat}}")], unit="none")
     b.ts("DAR group weight", [("max by (stat) (dyref_learner_dar_weight)", "{{stat}}")], unit="none",

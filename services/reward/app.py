@@ -3,7 +3,7 @@
 Each deployment wraps one scorer of common/rewards and answers ``score(ScoreRequest) ->
 ScoreResponse`` with RAW values. Requests from many generators are merged by ``@serve.batch`` into
 one model call; the torch work runs in a worker thread so the replica's event loop keeps
-answering Serve's queue-length probes (RECIPES.md §4: 7 calls/s on the loop vs ~200/s off it).
+answering Serve's queue-length probes (docs/measurements.md §4: 7 calls/s on the loop vs ~200/s off it).
 """
 from __future__ import annotations
 

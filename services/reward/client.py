@@ -46,6 +46,12 @@ class RewardCallError(RuntimeError):
 
 def comparison_images(component: RewardComponent, task: Task) -> tuple[bytes, ...] | None:
     """What a component compares with for this task; None when it does not apply to it."""
+    if component.scorer == "references" and component.against == "target":
+        return (task.target,) if task.target is not None else None
+    if component.scorer == "references":
+        # the scorer reads the task's references itself: it applies when one has a scored role
+        roles = component.roles
+        return () if any(roles is None or r.role in roles for r in task.references) else None
     if component.against == "none":
         return ()
     if component.against == "target":
@@ -87,7 +93,8 @@ class RewardClient:
                 out[c.name] = None
                 continue
             req = ScoreRequest(group_id=gid, images=tuple(pngs), against=against, prompt=task.prompt,
-                               references=task.references, n_refs=task.n_refs)
+                               references=task.references, n_refs=task.n_refs,
+                               roles=tuple(c.roles) if c.roles is not None else None)
             calls[c.name] = (c.scorer, req, time.perf_counter(), self.handles[c.scorer].score.remote(req))
         return calls, out
 

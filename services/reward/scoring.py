@@ -65,6 +65,23 @@ def _per_image(score: Callable[[list[Image.Image], list[Image.Image | None]], li
     return run
 
 
+def _per_reference(scorer) -> GroupScorer:
+    from common.rewards.per_reference import ReferenceInput
+
+    def run(reqs: list[ScoreRequest]) -> list[Table]:
+        out = []
+        for q in reqs:
+            refs = [ReferenceInput(r.role, decode_image(r.image, what=f"reference {i + 1} ({r.role})"), r.box)
+                    for i, r in enumerate(q.references)]
+            g = _images(q.images, "generated image")
+            if q.against:  # against: target -> the scene outside the subjects vs the ground truth
+                out.append(scorer.scene(g, decode_image(q.against[0], what="target image"), refs))
+            else:
+                out.append(scorer.score(g, [refs] * len(g), roles=q.roles))
+        return out
+    return run
+
+
 def _colour(scorer) -> GroupScorer:
     def run(reqs: list[ScoreRequest]) -> list[Table]:
         out = []
@@ -130,7 +147,7 @@ def with_fault(run: GroupScorer, fault: str, every: int, delay_s: float) -> Grou
 def build_group_scorer(kind: str, cfg: RewardsConfig) -> GroupScorer:
     """The scorer of `kind` (common.rewards.registry) behind a batch-of-requests adapter."""
     from common.rewards.registry import build_scorer
-    adapters = {"similarity": _similarity, "colour": _colour, "judge": _judge,
+    adapters = {"similarity": _similarity, "colour": _colour, "judge": _judge, "references": _per_reference,
                 "style": lambda s: _per_image(s.score), "lighting": lambda s: _per_image(s.score)}
     if kind not in adapters:
         raise ValueError(f"unknown scorer {kind!r}; expected one of {', '.join(adapters)}")

@@ -22,8 +22,8 @@ def test_demo_quick_reports_every_stage_then_reuses_them_and_ablates(ray_cluster
         assert cells["all"]["n"] == QUICK.n_test
         assert sum(v["n"] for k, v in cells.items() if k != "all") == QUICK.n_test  # by reference count
     report = (out / "report.md").read_text()
-    assert "## Verdicts" in report and "| rl |" in report
-    for png in ("placement_by_n_refs.png", "target_similarity_by_n_refs.png", "rl_curves.png"):
+    assert "## Verdict" in report and "| rl |" in report and "RL − SFT, paired per case" in report
+    for png in ("metrics_by_n_refs.png", "training_curves.png", "rl_curves.png", "samples.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     audit = summary["audit"]
     assert audit["consumed"] == QUICK.rl_steps * 4 and audit["duplicate"] == 0
@@ -35,6 +35,9 @@ def test_demo_quick_reports_every_stage_then_reuses_them_and_ablates(ray_cluster
     assert json.loads((out / "sft" / "sft.json").read_text()) == sft_meta
     assert again["audit"]["consumed"] == audit["consumed"]
     # the ablation starts every variant from the same SFT weights
-    results = run_ablation(cfg, out, QUICK, redis_server.url, say=lambda _: None)
-    assert list(results) == ["grpo", "+drs", "+dar", "+drs+dar"]
-    assert "| +drs+dar |" in (out / "ablation" / "ablation.md").read_text()
+    results = run_ablation(cfg, out, QUICK, redis_server.url, seeds=(0,), variants=("gdpo", "gdpo+drs+dar", "shuffled"),
+                           say=lambda _: None)
+    assert list(results) == ["gdpo", "gdpo+drs+dar", "shuffled", "sft"]
+    assert all(len(results[v][0]) == QUICK.n_test for v in results)
+    table = (out / "ablation" / "ablation.md").read_text()
+    assert "| gdpo+drs+dar |" in table and "| shuffled − gdpo |" in table

@@ -1,4 +1,4 @@
-"""Lighting metric: exact formula of REFERENCE.md §6 checked on images with hand-computable statistics."""
+"""Lighting metric: exact formula of docs/benchmark.md §3 checked on images with hand-computable statistics."""
 import math
 
 import numpy as np

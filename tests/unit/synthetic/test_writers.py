@@ -91,7 +91,7 @@ def test_refusals(tmp_path, written):
 
 
 def test_the_benchmark_loader_reads_both_files_unchanged(written):
-    # the loader common/bench builds from REFERENCE §5.3 (roles from paths, index-keyed)
+    # the loader common/bench builds from docs/benchmark.md §2 (roles from paths, index-keyed)
     from common.bench.loader import load_metadata, load_train_records, resolve_image
 
     root, cases, files = written

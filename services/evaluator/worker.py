@@ -1,0 +1,83 @@
+"""The evaluator's loop: wait for a newer weight version, load it (checksum-verified), score the
+held-out split, export and record the scores. A separate process from the learner and generators
+(a Ray actor, niced), so evaluating never blocks a learner step (scripts/bench_eval_overhead.py
+measures what it costs the loop on a shared CPU)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Callable
+
+from common import metrics as M
+from common.config import DyRefConfig
+from common.policy import TrainableStateError, build_policy
+from common.synthetic import SyntheticCase
+from common.synthetic.evaluation import METRICS, evaluate_policy, summarise
+from common.transport import ChecksumError, Keys, WeightsMissing, WeightStore, connect
+
+__all__ = ["EvaluatorWorker", "read_eval_history"]
+
+log = logging.getLogger("dyref.evaluator")
+
+
+def read_eval_history(r, keys: Keys) -> list[dict]:
+    """Every record the evaluator wrote for this namespace, oldest first."""
+    return [json.loads(x) for x in r.lrange(keys.eval_history, 0, -1)]
+
+
+class EvaluatorWorker:
+    def __init__(self, cfg: DyRefConfig, redis_url: str, cases: list[SyntheticCase], every: int, steps: int | None = None):
+        if every < 1:
+            raise ValueError(f"the evaluator needs every >= 1 versions, got {every}")
+        if not cases:
+            raise ValueError("the evaluator needs at least one held-out case")
+        self.cfg, self.cases, self.every = cfg, cases, every
+        self.steps = steps or cfg.policy.eval_inference_steps
+        self.policy = build_policy(cfg.policy).eval()
+        self.r = connect(redis_url, cfg.redis, service="evaluator")
+        self.keys = Keys(cfg.redis.namespace)
+        self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep,
+                                   chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
+        self.last: int | None = None
+        self.evaluated = 0
+        for m in METRICS:  # the series exist from start-up (a scrape before the first evaluation sees them)
+            M.EVAL_SCORE.labels(m, "all")
+
+    def due(self, version: int) -> bool:
+        return self.last is None or version >= self.last + self.every
+
+    def evaluate_latest(self) -> dict | None:
+        """Evaluate the newest version if it is due; returns the record written, else None."""
+        latest = self.weights.latest()
+        if latest is None or not self.due(latest.version):
+            return None
+        try:
+            self.policy.load_trainable_state(self.weights.fetch(latest))
+        except (ChecksumError, TrainableStateError, WeightsMissing) as e:
+            log.warning("evaluator: version %d not evaluated: %s", latest.version, e)
+            self.last = latest.version  # never retry a refused version forever
+            return None
+        t0 = time.perf_counter()
+        rows = evaluate_policy(self.policy, self.cases, self.steps)
+        record = {"version": latest.version, "step": latest.step, "seconds": round(time.perf_counter() - t0, 3),
+                  "time": time.time()}
+        for m in METRICS:
+            for n, cell in summarise(rows, m).items():
+                record[f"eval/{m}/{n}"] = round(cell["mean"], 6)
+                M.EVAL_SCORE.labels(m, str(n)).set(cell["mean"])
+        M.EVAL_VERSION.set(latest.version)
+        M.PHASE_SECONDS.labels("evaluator", "evaluate").observe(record["seconds"])
+        self.r.rpush(self.keys.eval_history, json.dumps(record))
+        self.last = latest.version
+        self.evaluated += 1
+        return record
+
+    def run(self, should_stop: Callable[[], bool], poll_s: float = 0.2) -> int:
+        while not should_stop():
+            if self.evaluate_latest() is None:
+                time.sleep(poll_s)
+        # the run's last weights are scored when due, even if a busy box kept this (low-priority)
+        # loop behind the learner: the curve then always ends at the final version
+        self.evaluate_latest()
+        return self.evaluated
