@@ -1,7 +1,7 @@
 """Wire the RL services together on one machine: reward app, generator actors, learner.
 
 `dyref train rl` calls :func:`run_rl`. In a cluster the same pieces start one by one against a
-shared Redis and Ray (`dyref serve-rewards`, `dyref generator`, `dyref learner`), which is what
+shared Redis and Ray (`dyref rewards`, `dyref generator`, `dyref learner`), which is what
 docker compose and the Helm chart do.
 """
 from __future__ import annotations
@@ -60,11 +60,17 @@ def start_reward_app(cfg: DyRefConfig, http: bool = False) -> None:
 
 def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | None = None,
            stop: StopFlag | None = None, on_step: Callable[[dict], None] | None = None,
-           generators: int | None = None) -> tuple[RLRecipe, LearnerState, list[dict]]:
-    """Reward app + generator actors + the learner loop in this process, on an initialised Ray.
+           generators: int | None = None, eval_cases=None,
+           on_ready: Callable[[RLRecipe], None] | None = None) -> tuple[RLRecipe, LearnerState, list[dict]]:
+    """Reward app + generator actors (+ the evaluator when ``eval_cases`` are given and
+    ``rl.eval_every`` > 0) + the learner loop in this process, on an initialised Ray.
 
-    Returns (recipe, final learner state, generator statuses). Generators are stopped and their
-    loops joined before returning, whatever happens in the learner.
+    `steps` is the target total step (default ``rl.total_steps``): a resumed run trains the rest.
+    `on_ready(recipe)` is called once the learner is set up (resumed), before the first step: a
+    progress bar starts at ``recipe.state.step`` there.
+
+    Returns (recipe, final learner state, generator and evaluator statuses). Actors are stopped and
+    their loops joined before returning, whatever happens in the learner.
     """
     import ray
 
@@ -72,7 +78,13 @@ def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | No
     stop = stop or StopFlag()
     start_reward_app(cfg)
     recipe = RLRecipe(cfg, redis_url, source).setup()  # publishes the starting weights first
+    if on_ready:
+        on_ready(recipe)
     gens = start_generators(cfg, redis_url, n=generators)
+    workers = list(gens)
+    if eval_cases and cfg.rl.eval_every:
+        from services.evaluator.actor import start_evaluator
+        workers.append(start_evaluator(cfg, redis_url, eval_cases, cfg.rl.eval_every))
     statuses: list[dict] = []
 
     def stop_or_fail() -> bool:
@@ -87,11 +99,11 @@ def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | No
             raise RuntimeError("a generator loop ended without being stopped")
         return stop()
     try:
-        state = recipe.train(steps=steps, should_stop=stop_or_fail, on_step=on_step)
+        state = recipe.train(until=steps, should_stop=stop_or_fail, on_step=on_step)
     finally:
-        for actor, _ in gens:
+        for actor, _ in workers:
             actor.stop.remote()
-        for actor, ref in gens:
+        for actor, ref in workers:
             try:
                 ray.get(ref, timeout=120)
                 statuses.append(ray.get(actor.status.remote(), timeout=30))

@@ -1,4 +1,4 @@
-"""Every Redis key DyRef uses is built here: ``<namespace>:<kind>:<id>`` (CONVENTIONS.md §2)."""
+"""Every Redis key DyRef uses is built here: ``<namespace>:<kind>:<id>`` (docs/architecture.md, Conventions)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,10 +50,19 @@ class Keys:
     def weights_channel(self) -> str:
         return self._k("weights", "published")
 
+    @property
+    def eval_history(self) -> str:
+        return self._k("eval", "history")
+
     # counters, jobs, health
     @property
     def audit(self) -> str:
         return self._k("audit")
+
+    @property
+    def step_groups(self) -> str:
+        """Hash: learner step -> the groups that step trained on, kept until a checkpoint holds the step."""
+        return self._k("audit", "steps")
 
     def job(self, job_id: str) -> str:
         return self._k("job", job_id)

@@ -154,8 +154,12 @@ class StreamQueue:
         res = retry_on_oom(settle, what=f"{self.name}.ack", max_wait_s=self.oom_wait_s, before_retry=make_room)
         return bool(res[0]) if mark_key else True
 
-    def dead_letter(self, entry: Entry, reason: str) -> str:
-        """Move an entry to the dead-letter stream (keeping its blob for inspection) and ack it."""
+    def dead_letter(self, entry: Entry, reason: str, *, mark_key: str | None = None, mark_ttl_s: int = 0) -> str:
+        """Move an entry to the dead-letter stream (keeping its blob for inspection) and ack it.
+
+        `mark_key` is SET NX in the same transaction (as in :meth:`ack`), so a redone copy of the
+        same work is recognised as a duplicate instead of being dead-lettered, and counted, again.
+        """
         fields = dict(entry.fields)
         fields.update({"orig_id": entry.id, "reason": reason[:500], "deliveries": str(entry.deliveries),
                        "dead_at": f"{time.time():.3f}"})
@@ -163,15 +167,20 @@ class StreamQueue:
         def move():
             pipe = self.r.pipeline(transaction=True)
             pipe.xadd(self.dlq, fields, maxlen=self.maxlen, approximate=True)
+            if mark_key:
+                pipe.set(mark_key, entry.id, nx=True, ex=mark_ttl_s or None)
             pipe.xack(self.stream, self.group, entry.id)
             pipe.xdel(self.stream, entry.id)
             return _s(pipe.execute()[0])
         return retry_on_oom(move, what=f"{self.name}.dead_letter", max_wait_s=self.oom_wait_s)
 
-    def reclaim(self, consumer: str, count: int = 100, min_idle_ms: int | None = None) -> tuple[list[Entry], list[Entry]]:
+    def reclaim(self, consumer: str, count: int = 100, min_idle_ms: int | None = None,
+                max_claimed: int | None = None) -> tuple[list[Entry], list[Entry]]:
         """Janitor: take over entries idle for `min_idle_ms` whose consumer went silent.
 
-        Returns (reclaimed entries to process now, entries moved to the dead-letter stream).
+        Returns (reclaimed entries to process now, entries moved to the dead-letter stream). With
+        `max_claimed`, stops once that many are claimed: a consumer that can only work on one
+        takes one, and leaves the rest to the other consumers instead of hoarding them.
         """
         self.ensure_group()
         idle = self.claim_idle_ms if min_idle_ms is None else min_idle_ms
@@ -193,7 +202,7 @@ class StreamQueue:
                 else:
                     claimed.append(entry)
                     self._reclaimed.inc()
-            if nxt == "0-0" or not items:
+            if nxt == "0-0" or not items or (max_claimed is not None and len(claimed) >= max_claimed):
                 break
             start = nxt
         return claimed, dead

@@ -1,6 +1,6 @@
 """Versioned weight store: bytes + sha256 in Redis, pub/sub notification, last K versions kept.
 
-Weight sync is a verified transaction (DESIGN.md principle 4): the learner publishes version N
+Weight sync is a verified transaction (docs/architecture.md, principle 4): the learner publishes version N
 (bytes, then metadata, then the `latest` pointer, in one MULTI/EXEC, then a PUBLISH); consumers
 fetch, verify the checksum and only then switch. A blob that fails its checksum raises
 :class:`ChecksumError`; the consumer keeps the version it had.

@@ -119,7 +119,7 @@ def learner_kill(workdir: Path, redis_url: str) -> Outcome:
             first.kill()
     at_kill = consumed()
     ckpt_step = int(ckpt.read_text().strip().split("-")[1])
-    done = subprocess.run(cmd + ["--steps", "3"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd + ["--steps", str(ckpt_step + 3)], env=env, capture_output=True, text=True, timeout=300)
     text = done.stdout
     final = json.loads(text[text.index("{"):]) if "{" in text else {}
     steps = int(final.get("step", -1))

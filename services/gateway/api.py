@@ -7,7 +7,8 @@ deployment through a DeploymentHandle. Routes:
   POST /generate, /v1/generations          JSON (GenerateRequest); ``Prefer: respond-async`` -> 202
   POST /v1/generations/form                multipart: files ``references`` + ``roles`` (one each)
   GET  /v1/generations/{id}                poll an async job (Redis, TTL ``job_ttl_s``)
-  POST /v1/images/edits                    OpenAI-compatible (image[] -> subject references)
+  POST /v1/images/edits                    OpenAI-compatible (image[] -> subject references; quality and
+                                           background: only "auto", anything else is refused by name)
   GET  /healthz /readyz /metrics /         liveness, readiness (model + Redis), Prometheus, web page
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -29,13 +31,14 @@ from fastapi.staticfiles import StaticFiles
 from common import metrics as M
 from common.config import GatewayConfig
 from common.schemas import (GeneratedImage, GenerateRequest, GenerateResponse, OpenAIImage, OpenAIImagesResponse)
-from services.gateway.errors import ERROR_RESPONSES, APIError, envelope, install_error_handlers
+from services.gateway.errors import ERROR_RESPONSES, APIError, BodyTooLarge, envelope, install_error_handlers
 from services.gateway.jobs import JobStore
 from services.gateway.prepare import GenJob, GenResult, RefIn, parse_size, prepare_job
 
 __all__ = ["build_api", "Backend", "Defaults", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+_log = logging.getLogger("dyref.gateway")
 
 
 class Backend(Protocol):
@@ -55,20 +58,47 @@ class Defaults:
 
 
 class _Observe:
-    """Pure ASGI middleware: request counter + latency by route template, and the body-size limit."""
+    """Pure ASGI middleware: request counter + latency by route template, and the body-size limit.
 
-    def __init__(self, app, max_body: int, busy: Callable[[], APIError | None] = lambda: None):
+    The limit is enforced twice: on a declared ``Content-Length`` before anything is read, and on the
+    bytes actually received (``receive`` is wrapped and counts every ``http.request`` chunk), so a
+    chunked body or one longer than its header declares is refused with 413 after at most the limit
+    plus one chunk has been read; the 413 says ``Connection: close`` so the server stops reading.
+
+    And a budget for the whole process: the request-body bytes held by every request in progress,
+    summed, stay under ``budget`` (default: one body limit). A request whose declared length or
+    next chunk does not fit gets 503 + Retry-After at once (nothing more of it is read), so N
+    concurrent hostile uploads hold about one limit in total, not N. A request's bytes are given
+    back when it ends (its parsed body lives until then)."""
+
+    def __init__(self, app, max_body: int, busy: Callable[[], APIError | None] = lambda: None,
+                 budget: int | None = None, retry_after_s: int = 1):
         self.app, self.max_body, self.busy = app, max_body, busy
+        self.budget = budget or max_body
+        self.held = 0  # body bytes held by requests in progress (one event loop: no lock)
+        self.retry_after_s = retry_after_s
+
+    def _over_budget(self) -> APIError:
+        return APIError(503, "server_busy", "the gateway is receiving too much request data at once; retry later",
+                        "body", headers={"Connection": "close", "Retry-After": str(self.retry_after_s)})
+
+    def _too_large(self, n: int, declared: bool) -> APIError:
+        what = f"request body of {n} bytes" if declared else f"request body of more than {self.max_body} bytes"
+        return APIError(413, "body_too_large", f"{what} exceeds the limit of {self.max_body} bytes", "body",
+                        headers={"Connection": "close"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for k, v in scope.get("headers", ()):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                resp = envelope(APIError(413, "body_too_large", f"request body of {int(v)} bytes exceeds the limit "
-                                         f"of {self.max_body} bytes", "body"))
+                resp = envelope(self._too_large(int(v), declared=True))
                 await resp(scope, receive, send)
                 M.GATEWAY_REQUESTS.labels("unmatched", "413").inc()
+                return
+            if k == b"content-length" and v.isdigit() and self.held + int(v) > self.budget:
+                await envelope(self._over_budget())(scope, receive, send)
+                M.GATEWAY_REQUESTS.labels("unmatched", "503").inc()
                 return
         gen_route = next((g for g in _GENERATION_PATHS if scope["path"].rstrip("/").endswith(g)), None)
         if scope["method"] == "POST" and gen_route:
@@ -78,17 +108,34 @@ class _Observe:
                 await envelope(err)(scope, receive, send)
                 M.GATEWAY_REQUESTS.labels(gen_route, "429").inc()
                 return
-        status = [500]
+        status, started, received = [500], [False], [0]
+
+        async def _receive():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                n = len(msg.get("body", b""))
+                if received[0] + n > self.max_body:
+                    raise BodyTooLarge(self._too_large(received[0] + n, declared=False))
+                if self.held + n > self.budget:
+                    raise BodyTooLarge(self._over_budget())
+                received[0] += n
+                self.held += n
+            return msg
 
         async def _send(msg):
             if msg["type"] == "http.response.start":
-                status[0] = msg["status"]
+                status[0], started[0] = msg["status"], True
             await send(msg)
 
         t0 = time.perf_counter()
         try:
-            await self.app(scope, receive, _send)
+            await self.app(scope, _receive, _send)
+        except BodyTooLarge as e:  # raised outside the app's handlers (e.g. a mounted app): answer it here
+            if started[0]:
+                raise
+            await envelope(e.error)(scope, receive, _send)
         finally:
+            self.held -= received[0]
             route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates only: bounded labels
             M.GATEWAY_REQUESTS.labels(route, str(status[0])).inc()
             M.GATEWAY_LATENCY.labels(route).observe(time.perf_counter() - t0)
@@ -133,7 +180,8 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
         try:
             st = await asyncio.wait_for(backend.stats(), timeout=5.0)
         except Exception as e:  # noqa: BLE001
-            raise APIError(503, "model_not_ready", f"generator unavailable: {type(e).__name__}", None,
+            _log.warning("generator stats failed: %s: %s", type(e).__name__, e)
+            raise APIError(503, "model_not_ready", "generator unavailable (not answering); retry later", None,
                            headers=retry_after) from None
         if not st.get("ready"):
             why = st.get("load_error") or "model still loading"
@@ -151,8 +199,9 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
             if type(e).__name__ == "BackPressureError":
                 raise APIError(429, "queue_full", "the generator queue is full; retry later", None,
                                headers=retry_after) from None
-            raise APIError(503, "generator_unavailable", f"generator unavailable: {type(e).__name__}", None,
-                           headers=retry_after) from None
+            _log.warning("generation failed: %s: %s", type(e).__name__, e)
+            raise APIError(503, "generator_unavailable", "generator unavailable (replica failed or restarting); "
+                           "retry later", None, headers=retry_after) from None
         if res.error:
             status, code, msg, param = res.error
             raise APIError(status, code, msg, param, headers=retry_after if status in (429, 503) else None)
@@ -246,7 +295,7 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
                             negative_prompt: str | None = Form(None), n: int = Form(1, ge=1),
                             width: int | None = Form(None, ge=16), height: int | None = Form(None, ge=16),
                             seed: int | None = Form(None, ge=0), num_inference_steps: int | None = Form(None, ge=1),
-                            guidance_scale: float | None = Form(None, ge=0, le=30), output_format: str = Form("png"),
+                            guidance_scale: float | None = Form(None, ge=0, le=30, allow_inf_nan=False), output_format: str = Form("png"),
                             prefer: str | None = Header(None)):
         t0 = time.perf_counter()
         if len(roles) != len(references):
@@ -270,7 +319,8 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
             raise APIError(404, "job_not_found", "this gateway keeps no jobs", "id")
         job = await jobs.get(job_id)
         if job is None:
-            raise APIError(404, "job_not_found", f"no job {job_id!r} (unknown or expired after {cfg.job_ttl_s} s)", "id")
+            shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."  # never echo a client's megabytes back
+            raise APIError(404, "job_not_found", f"no job {shown!r} (unknown or expired after {cfg.job_ttl_s} s)", "id")
         return job
 
     @app.post("/v1/images/edits", response_model=OpenAIImagesResponse, responses=ERROR_RESPONSES, dependencies=auth,
@@ -288,6 +338,13 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
             raise APIError(400, "mask_not_supported", "mask is not supported; DyRef edits from references only", "mask")
         if response_format not in (None, "b64_json"):
             raise APIError(400, "unsupported_response_format", "only response_format=b64_json is served", "response_format")
+        # OpenAI's quality / background have no equivalent here: refused by name rather than ignored
+        if quality not in (None, "auto"):
+            raise APIError(400, "unsupported_quality", f"quality={quality!r} is not supported; omit it or send 'auto' "
+                           "(quality follows num_inference_steps of the gateway's defaults)", "quality")
+        if background not in (None, "auto"):
+            raise APIError(400, "unsupported_background", f"background={background!r} is not supported; omit it or send "
+                           "'auto' (images are opaque RGB)", "background")
         if not files:
             raise APIError(400, "missing_image", "at least one image (image[] or image) is required", "image")
         if len(files) > cfg.max_references:
@@ -311,7 +368,8 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _strip_422(app)
     max_body = cfg.max_references * (cfg.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
-    app.add_middleware(_Observe, max_body=max_body, busy=busy)
+    budget = int(cfg.receive_budget_mb * 2**20) if cfg.receive_budget_mb else None
+    app.add_middleware(_Observe, max_body=max_body, busy=busy, budget=budget, retry_after_s=cfg.retry_after_s)
     app.state.gateway = {"tasks": tasks, "state": state, "capacity": capacity}
     return app
 
@@ -331,7 +389,8 @@ def _ops_routes(app: FastAPI, cfg: GatewayConfig, backend: Backend, jobs: JobSto
         try:
             st = await asyncio.wait_for(backend.stats(), timeout=5.0)
         except Exception as e:  # noqa: BLE001
-            st = {"ready": False, "load_error": f"generator unavailable: {type(e).__name__}"}
+            _log.warning("generator stats failed: %s: %s", type(e).__name__, e)
+            st = {"ready": False, "load_error": "generator unavailable (not answering)"}
         redis_ok = await jobs.ping() if jobs is not None else False
         if st.get("ready") and redis_ok:
             state["ready"] = True

@@ -8,7 +8,7 @@
 
 The generator builds its policy in its single worker thread after the replica starts, so the
 replica answers ``stats()`` at once and the gateway can say 503 "model still loading" (or the
-load error) instead of hanging. Torch work never runs on a replica's event loop (RECIPES.md §4).
+load error) instead of hanging. Torch work never runs on a replica's event loop (docs/measurements.md §4).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.schemas import ErrorBody, ErrorEnvelope
 
-__all__ = ["APIError", "envelope", "param_from_loc", "install_error_handlers", "ERROR_RESPONSES"]
+__all__ = ["APIError", "BodyTooLarge", "envelope", "param_from_loc", "install_error_handlers", "ERROR_RESPONSES"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,15 @@ class APIError(Exception):
 
     def body(self) -> ErrorBody:
         return ErrorBody(type=self.type, code=self.code, message=self.message, param=self.param)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the gateway's ``receive`` when the bytes received pass the body limit. An
+    HTTPException so FastAPI's body parsing re-raises it instead of turning it into a 400."""
+
+    def __init__(self, error: APIError):
+        super().__init__(status_code=error.status, detail=error.message, headers=error.headers)
+        self.error = error
 
 
 def envelope(err: APIError) -> JSONResponse:
@@ -89,14 +98,38 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
+        if isinstance(exc, BodyTooLarge):
+            return envelope(exc.error)
+        if exc.status_code == 400 and (err := _body_error(exc)) is not None:
+            return envelope(err)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return envelope(APIError(exc.status_code, code, str(exc.detail), None, headers=dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception):
-        log.exception("unhandled gateway error")
-        return envelope(APIError(500, "internal_error", f"internal error: {type(exc).__name__}", None,
+        log.exception("unhandled gateway error")  # the class and the traceback go to the log, not the client
+        return envelope(APIError(500, "internal_error", "internal error; the gateway log has the details", None,
                                  type_="server_error"))
+
+
+def _body_error(exc: StarletteHTTPException) -> APIError | None:
+    """FastAPI/Starlette answer an unparsable body with a bare 400 ("There was an error parsing the
+    body", the parser's error as ``__cause__``) or the multipart parser's words: name the field
+    (``body``) and the cause in this envelope instead."""
+    cause, detail = exc.__cause__, str(exc.detail)
+    if isinstance(cause, UnicodeDecodeError):
+        return APIError(400, "invalid_utf8", f"the request body is not valid UTF-8 (invalid byte at offset {cause.start})",
+                        "body")
+    if isinstance(cause, RecursionError):
+        return APIError(400, "json_too_deep", "the request body's JSON is nested too deeply", "body")
+    if "boundary" in detail.lower():
+        return APIError(400, "invalid_multipart", "multipart/form-data without a boundary: the Content-Type header "
+                        "needs boundary=...", "body")
+    if "multipart" in detail.lower():
+        return APIError(400, "invalid_multipart", "malformed multipart/form-data body", "body")
+    if detail == "There was an error parsing the body":
+        return APIError(400, "invalid_body", "the request body could not be parsed", "body")
+    return None
 
 
 ERROR_RESPONSES = {s: {"model": ErrorEnvelope, "description": d} for s, d in (

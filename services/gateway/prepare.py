@@ -114,7 +114,9 @@ def fetch_url(url: str, cfg: GatewayConfig, param: str) -> bytes:
                                    f"{param}: more than the limit of {cfg.max_image_bytes} bytes", param)
             return bytes(buf)
     except httpx.HTTPError as e:
-        raise APIError(400, "url_fetch_failed", f"{param}: fetching the URL failed: {type(e).__name__}", param) from None
+        why = ("timed out" if isinstance(e, httpx.TimeoutException) else
+               "could not connect" if isinstance(e, httpx.ConnectError) else "failed")
+        raise APIError(400, "url_fetch_failed", f"{param}: fetching the URL {why}", param) from None
 
 
 def parse_size(size: str | None, param: str = "size") -> tuple[int | None, int | None]:
@@ -151,6 +153,8 @@ def _decode_ref(ref: RefIn, i: int, cfg: GatewayConfig) -> np.ndarray:
             data = fetch_url(s, cfg, ref.param)
         else:
             payload = s.split(",", 1)[1] if s.startswith("data:") else s
+            if any(c in payload for c in " \r\n\t"):
+                payload = "".join(payload.split())  # MIME-style base64 (line breaks every 76): accepted, as OpenAI does
             # refuse oversize images before spending time on base64 decoding
             if len(payload) > (cfg.max_image_bytes * 4) // 3 + 8:
                 raise APIError(400, "image_too_large", f"{ref.param}: {what}: about {len(payload) * 3 // 4} bytes "

@@ -30,19 +30,26 @@ class GeneratorActor:
         self._stop = True
 
     def status(self) -> dict:
+        import os
         return {"id": self.worker.id, "version": self.worker.version, "groups": self.worker.groups_done,
-                "refused_versions": sorted(self.worker.refused_versions)}
+                "refused_versions": sorted(self.worker.refused_versions), "pid": os.getpid()}
 
 
 def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, prefix: str = "generator",
                      num_cpus: float = 1.0, num_gpus: float = 0.0):
-    """Start `n` generator actors and their loops; returns [(actor, run ObjectRef)]."""
+    """Start `n` generator actors and their loops; returns [(actor, run ObjectRef)].
+
+    A generator is disposable: if its process dies (kill -9, OOM) Ray restarts the actor (up to
+    ``rl.generator_max_restarts`` times) and retries its ``run`` call on the new process, so the
+    loop goes on under the same consumer name; the task it held is reclaimed after
+    ``redis.claim_idle_ms`` (by it or another generator) and its group is counted once."""
     n = n or cfg.rl.num_generators
     dumped = cfg.model_dump(mode="json")
     out = []
     for i in range(n):
         a = GeneratorActor.options(name=f"{prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus,
-                                   max_restarts=0).remote(f"{prefix}-{i}", dumped, redis_url, threads=cfg.rl.generator_threads,
+                                   max_restarts=cfg.rl.generator_max_restarts,
+                                   max_task_retries=-1 if cfg.rl.generator_max_restarts else 0).remote(f"{prefix}-{i}", dumped, redis_url, threads=cfg.rl.generator_threads,
                                                           metrics_port=cfg.metrics_port + 1 + i if cfg.metrics_port else 0)
         out.append((a, a.run.remote()))
     return out

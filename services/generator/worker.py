@@ -1,11 +1,12 @@
 """Generator: task -> group rollout -> rewards -> publish. The Ray actor in actor.py wraps this.
 
-Order of one group (DESIGN.md data flow): read a task (new, or reclaimed from a dead generator),
-make sure the served weights are at least the task's version (switching only here, between
-groups, after the checksum verifies), sample G images with SDE noise on the train steps, score
-them on the reward deployments, publish the group (blob + header in one transaction), and only
-then ack the task. A crash anywhere before the ack leaves the task pending for another generator;
-the group id is derived from the task id, so a group published twice is counted once.
+Order of one group (docs/architecture.md, "Data flow of one RL step"): read a task (new, or
+reclaimed from a dead generator), make sure the served weights are at least the task's version
+(switching only here, between groups, after the checksum verifies), sample G images with SDE
+noise on the train steps, score them on the reward deployments, publish the group (blob + header
+in one transaction), and only then ack the task. A crash anywhere before the ack leaves the task
+pending for another generator; the group id is derived from the task id, so a group published
+twice is counted once.
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class GeneratorWorker:
                                    chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
+        self._reclaim_every_s = max(0.01, cfg.redis.claim_idle_ms / 2000)
+        self._next_reclaim = time.monotonic() + self._reclaim_every_s
         self.version = -1
         self.groups_done = 0
         self.refused_versions: set[int] = set()
@@ -109,9 +112,22 @@ class GeneratorWorker:
 
     # ---- one task ------------------------------------------------------------------------------
     def next_entry(self, block_ms: int | None = 500) -> Entry | None:
+        """The next task: a dead consumer's idle one first when the reclaim timer is due, else a new
+        one, else (stream empty) a reclaimed one.
+
+        The janitor runs on a timer (every half ``claim_idle_ms``), not only when the stream is empty:
+        under steady load ``read`` always returns new tasks, and a killed generator's task would sit
+        pending (holding an admission slot) until the run drains."""
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self._reclaim_every_s
+            entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1)
+            if entries:
+                return entries[0]
         entries = self.tasks.read(self.id, count=1, block_ms=block_ms)
         if not entries:
-            entries, _dead = self.tasks.reclaim(self.id, count=1)
+            entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1)
+            self._next_reclaim = time.monotonic() + self._reclaim_every_s
         return entries[0] if entries else None
 
     def start(self, entry: Entry) -> _InFlight | None:

@@ -4,6 +4,10 @@ Counts live in one Redis hash written in the same transactions that settle entri
 are the lengths of the task and group dead-letter streams. `duplicate` counts redelivered or redone
 groups recognised by id (they are not tasks, so they are not part of the sum), `foreign` counts
 groups of tasks admitted under another ledger (before Redis lost its data) and dropped unused.
+`rolled_back` counts groups that were consumed by steps a dead learner never checkpointed: the
+model that trained on them was lost, so a resumed learner takes them off `consumed` and re-admits
+their tasks (in flight again; not part of the sum either). `consumed` is then always the number
+of groups the current model was trained on.
 
 The ledger lives in Redis: if Redis restarts without persistence it is gone, and the learner
 must not carry on as if nothing happened (it would re-admit task ids, and in-flight work is
@@ -19,7 +23,7 @@ from common.transport import Keys
 
 __all__ = ["AUDIT_FIELDS", "read_audit", "check_ledger", "RedisStateLost"]
 
-AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "foreign", "dead_lettered")
+AUDIT_FIELDS = ("admitted", "consumed", "dropped_stale", "duplicate", "foreign", "dead_lettered", "rolled_back")
 
 
 class RedisStateLost(RuntimeError):

@@ -26,6 +26,7 @@ class LearnerState:
     version: int = 0
     run_id: str = ""
     history: list[dict] = field(default_factory=list)  # per-step scalars, for reports and resume
+    drs_tau: float | None = None  # rl.drs.tau=auto: the value calibrated on the first batch
 
 
 @dataclass

@@ -25,7 +25,8 @@ def task_source_for(cfg, records: Optional[str], image_root: Optional[str], n_ca
 
 @train_app.command("rl")
 def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help="Profile name or YAML path."),
-             steps: Optional[int] = typer.Option(None, help="Learner steps (default: rl.total_steps)."),
+             steps: Optional[int] = typer.Option(None, help="Target total learner step, as max_steps: a resumed run "
+                                                 "trains the rest (default: rl.total_steps)."),
              records: Optional[str] = typer.Option(None, help="Training records (jsonl, train format); default: the synthetic task."),
              image_root: Optional[str] = typer.Option(None, help="Folder the records' image paths are relative to."),
              cases: int = typer.Option(256, help="Synthetic training cases when no --records."),
@@ -47,11 +48,20 @@ def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help=
                       TextColumn("{task.fields[info]}"), console=console) as bar:
             t = bar.add_task("rl", total=total, info="starting")
 
+            def on_ready(recipe) -> None:  # resumed: the bar starts at the checkpoint's step
+                if recipe.state.step:
+                    bar.update(t, completed=min(total, recipe.state.step), info=f"resumed at step {recipe.state.step}")
+
             def on_step(s: dict) -> None:
                 rw = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in s.items() if k.startswith("reward/") and not k.endswith("_std"))
                 bar.update(t, completed=min(total, s["step"]), info=f"v{s['version']} {rw} kl={s.get('kl', 0):.2e}")
+            eval_cases = None
+            if not records and cfg.rl.eval_every:  # the evaluator scores a held-out synthetic split
+                from common.synthetic import make_split
+                eval_cases = make_split("eval", cfg.rl.eval_cases, cfg.rl.seed + 1, size=cfg.policy.height,
+                                        ref_size=cfg.policy.reference_size, max_refs=min(6, cfg.policy.max_references))
             recipe, state, statuses = run_rl(cfg, stack.redis_url, source, steps=steps, stop=stop, on_step=on_step,
-                                             generators=generators)
+                                             generators=generators, eval_cases=eval_cases, on_ready=on_ready)
         console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit(),
                                        "generators": statuses, "checkpoint": str(recipe.ckpt_dir)}))
 

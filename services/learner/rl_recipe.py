@@ -2,14 +2,15 @@
 
 Written top to bottom like a torchtune recipe: :meth:`RLRecipe.setup`, then :meth:`RLRecipe.train`
 which loops admit -> consume -> update -> publish -> checkpoint. The algorithm is the pure
-functions of common/rl (via services.learner.signals); this file only does the I/O around them.
+functions of common/rl (composed by common.rl.signals); this file only does the I/O around them.
 
 Accounting (exactly once): every admitted task ends as one of consumed / dropped_stale /
-dead-lettered. Counters live in one Redis hash, incremented in the same MULTI/EXEC as the XACK
+dead-lettered (a corrupt group, or one whose training signals cannot be computed). Counters live in one Redis hash, incremented in the same MULTI/EXEC as the XACK
 that settles the group, so a crash can never count a group twice or lose its count.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -23,13 +24,13 @@ from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.policy import GroupRollout, build_policy
-from common.policy.sde import sde_step, step_std
-from common.rl import EMA, admission_capacity, is_stale, kl_penalty, ppo_loss, version_lag
+from common.policy.sde import kl_std_dev_t, sde_step, step_std
+from common.rl import (EMA, BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, kl_penalty, ppo_loss,
+                       version_lag)
 from common.schemas import GroupHeader, SamplingParams
-from common.transport import Entry, Keys, RedisFull, StreamQueue, WeightStore, connect
+from common.transport import Entry, Keys, RedisFull, StreamQueue, WeightStore, connect, retry_on_oom
 from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
-from services.learner.signals import batch_signals
 from services.learner.tasks import TaskSource
 
 __all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue"]
@@ -72,7 +73,7 @@ class RLRecipe:
         self.ema = (EMA.from_config(self.rl.ema, dict(self.policy.named_trainable_parameters()))
                     if self.rl.ema.enabled else None)
         self.r = connect(self.redis_url, self.cfg.redis, service="learner")
-        for reason in ("stale", "corrupt"):
+        for reason in ("stale", "corrupt", "unscorable"):
             M.GROUPS_DROPPED.labels(reason)  # exported as 0 until the first drop
         self.keys = Keys(self.cfg.redis.namespace)
         self.tasks = task_queue(self.r, self.keys, self.cfg.redis)
@@ -131,9 +132,44 @@ class RLRecipe:
             width=self.cfg.policy.width, noise_level=self.cfg.policy.sde.noise_level,
             dynamics=self.cfg.policy.sde.dynamics, train_steps=tuple(self.cfg.policy.sde.train_steps),
             num_train_steps=self.cfg.policy.sde.num_train_steps)
+        # steps a dead learner took after its last checkpoint were lost with its model: so are their groups
+        self.rolled_back = self._roll_back_unsaved_steps(new_ledger=ledger is None)
         # entries this learner had read but not settled before a restart: take them back now
         self._recovered, _ = self.groups.reclaim(self.learner_id, min_idle_ms=0)
         return self
+
+    def _roll_back_unsaved_steps(self, new_ledger: bool) -> int:
+        """Groups consumed by steps after the checkpoint this learner resumed from (the learner that
+        took them died before checkpointing them): off `consumed`, counted `rolled_back`, their
+        consumed marks removed and their tasks re-admitted, all in one transaction, so the ledger's
+        `consumed` is what the resumed model was trained on. Returns the groups rolled back."""
+        logged = {int(k): json.loads(v) for k, v in self.r.hgetall(self.keys.step_groups).items()}
+        if new_ledger:  # a ledger Redis lost, or none yet: nothing of it to roll back
+            if logged:
+                self.r.delete(self.keys.step_groups)
+            return 0
+        lost = sorted(k for k in logged if k > self.state.step)
+        groups = [g for k in lost for g in logged[k]]
+        settled = [g for g in groups if self.r.exists(self.keys.consumed(g["group_id"]))]
+        pipe = self.r.pipeline(transaction=True)
+        for g in settled:  # unsettled ones are still pending in the group stream: reclaimed and trained anew
+            n = int(g["task_id"].rsplit("-", 1)[1])
+            task = self.source.task(n, self.state.run_id, self.state.version, self.rl.group_size, self.sampling)
+            blob_key = self.keys.blob("task", task.task_id)
+            pipe.set(blob_key, encode(task.model_dump()), ex=self.tasks.blob_ttl_s)
+            pipe.xadd(self.tasks.stream, {"task_id": task.task_id, "policy_version": str(task.policy_version),
+                                          "blob_key": blob_key}, maxlen=self.tasks.maxlen, approximate=True)
+            pipe.delete(self.keys.consumed(g["group_id"]))
+        if settled:
+            pipe.hincrby(self.keys.audit, "consumed", -len(settled))
+            pipe.hincrby(self.keys.audit, "rolled_back", len(settled))
+        if logged:
+            pipe.hdel(self.keys.step_groups, *map(str, logged))
+        pipe.execute()
+        if settled:
+            log.warning("rolled back %d group(s) of step(s) %s, taken after the last checkpoint (step %d) by a "
+                        "learner that died: their tasks are admitted again", len(settled), lost, self.state.step)
+        return len(settled)
 
     # ---- accounting ----------------------------------------------------------------------------
     def audit(self) -> dict[str, int]:
@@ -230,6 +266,69 @@ class RLRecipe:
                     out.append(g)
         return out
 
+    # ---- signals -------------------------------------------------------------------------------
+    def _batch_signals(self, batch: list[ConsumedGroup]) -> BatchSignals:
+        return batch_signals([g.rewards for g in batch], [g.header.n_refs for g in batch],
+                             self.cfg.rewards.components, self._signal_config(batch))
+
+    def _signal_config(self, batch: list[ConsumedGroup]):
+        """The RL section the signals use: with ``drs.tau: auto``, τ is calibrated once, on the first
+        batch (sampled by the starting policy), and kept in the learner state and run.json."""
+        drs = self.rl.drs
+        if not (drs.enabled and drs.tau == "auto"):
+            return self.rl
+        if self.state.drs_tau is None:
+            raw = [v for g in batch for c in self.cfg.rewards.components if c.drs and g.rewards.get(c.name)
+                   for row in g.rewards[c.name] for v in row if isinstance(v, (int, float))]
+            if not raw:  # nothing to calibrate on yet: this batch trains without DRS
+                return self.rl.model_copy(update={"drs": drs.model_copy(update={"enabled": False})})
+            self.state.drs_tau = calibrate_tau(torch.tensor(raw, dtype=torch.float64), drs.tau_quantile)
+            self._write_run_meta()
+            log.info("DRS tau calibrated on %d raw scores of the first batch: %.4f", len(raw), self.state.drs_tau)
+        return self.rl.model_copy(update={"drs": drs.model_copy(update={"tau": self.state.drs_tau})})
+
+    def _write_run_meta(self) -> None:
+        meta = {"run_id": self.state.run_id, "drs_tau": self.state.drs_tau, "drs_tau_quantile": self.rl.drs.tau_quantile,
+                "drs_tau_calibrated_at_step": self.state.step}
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (self.ckpt_dir / "run.json").write_text(json.dumps(meta, indent=1))
+
+    def _dead_letter_unscorable(self, g: ConsumedGroup, reason: str) -> None:
+        # marked consumed in the same transaction: a redone copy of the group is then a duplicate,
+        # not a second dead letter for one admitted task
+        self.groups.dead_letter(g.entry, f"unscorable group: {reason}", mark_key=self.keys.consumed(g.header.group_id),
+                                mark_ttl_s=self.cfg.redis.dedup_ttl_s)
+        M.GROUPS_DROPPED.labels("unscorable").inc()
+        log.warning("dead-lettered group %s (task %s, %d references): %s", g.header.group_id, g.header.task_id,
+                    g.header.n_refs, reason)
+
+    def signals(self, batch: list[ConsumedGroup]) -> tuple[list[ConsumedGroup], BatchSignals | None]:
+        """(the groups that can be scored, their signals); each other group is dead-lettered and counted.
+
+        batch_signals raises ValueError for a batch it cannot score (e.g. a DRS slope k(n) <= 0 for a
+        group's reference count, or scores for the wrong group size): that must not stop the
+        learner. Each group is then scored alone to find the ones at fault; when no group is at
+        fault alone, the batch as a whole is. Every round removes at least one group, so this ends;
+        it returns ([], None) when no group is left.
+        """
+        while batch:
+            try:
+                return batch, self._batch_signals(batch)
+            except ValueError as e:
+                batch_error = e
+            faults: dict[int, ValueError] = {}
+            for i, g in enumerate(batch):
+                try:
+                    self._batch_signals([g])
+                except ValueError as e:
+                    faults[i] = e
+            if not faults:
+                faults = {i: batch_error for i in range(len(batch))}
+            for i, e in faults.items():
+                self._dead_letter_unscorable(batch[i], str(e))
+            batch = [g for i, g in enumerate(batch) if i not in faults]
+        return [], None
+
     # ---- update --------------------------------------------------------------------------------
     def _step_loss(self, g: ConsumedGroup, j: int, adv: torch.Tensor, w: torch.Tensor):
         ro = g.rollout
@@ -242,22 +341,28 @@ class RLRecipe:
             with torch.no_grad():
                 v_ref = self.policy.reference_velocity(ro.cond, x_t, sigma, mode=self.rl.kl.reference)
                 ref = sde_step(dyn, x_t, v_ref, sigma, sigma_next, eta, sigma_max=ro.sigmas[1], prev_sample=x_next)
-            dt = float(sigma_next - sigma)
+            # the v/mean kinds divide by the dynamics' own std_dev_t, the exact kind by the step std;
+            # they differ by sqrt(|dt|) for flow-sde only (docs/algorithm.md §4)
+            std_dev_t = kl_std_dev_t(dyn, sigma, sigma_next, eta, sigma_max=ro.sigmas[1])
             s = step_std(dyn, sigma, sigma_next, eta, sigma_max=ro.sigmas[1])
-            std_dev_t = s / max(abs(dt), 1e-12) ** 0.5 if dyn in ("flow-sde", "dance-sde") else s
             kl = kl_penalty(self.rl.kl.kind, v_theta=out.velocity, v_ref=v_ref, mean_theta=out.mean,
-                            mean_ref=ref.mean, std_dev_t=std_dev_t, dt=dt)
+                            mean_ref=ref.mean, std_dev_t=std_dev_t, step_std=s)
         return ppo_loss(out.log_prob, ro.log_probs[:, j], adv, w.expand_as(adv), clip_range=self.rl.clip_range,
                         adv_clip=self.rl.adv_clip, kl=kl, kl_beta=self.rl.kl.beta)
 
-    def update(self, batch: list[ConsumedGroup]) -> dict[str, float]:
-        """One learner step on `batch`: signals, then `ppo_epochs` x `minibatches` optimizer steps."""
-        comps = self.cfg.rewards.components
-        sig = batch_signals([g.rewards for g in batch], [g.header.n_refs for g in batch], comps, self.rl)
+    def update(self, batch: list[ConsumedGroup], sig: BatchSignals | None = None) -> dict[str, float]:
+        """One learner step on `batch`: signals (computed here unless given, see :meth:`signals`), then
+        `ppo_epochs` x `minibatches` optimizer steps."""
+        if sig is None:
+            sig = self._batch_signals(batch)
         stats_sum: dict[str, float] = {}
         n_evals = 0
         params = self.policy.trainable_parameters()
         gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
+        advantages = sig.advantages
+        if self.rl.shuffle_advantages:  # negative control: the same values, attached to random samples
+            flat = advantages.flatten()
+            advantages = flat[torch.randperm(flat.numel(), generator=gen)].view_as(advantages)
         for _epoch in range(self.rl.ppo_epochs):
             order = torch.randperm(len(batch), generator=gen).tolist()
             chunks = [order[i::self.rl.minibatches] for i in range(self.rl.minibatches)]
@@ -266,7 +371,7 @@ class RLRecipe:
                 terms = sum(batch[b].rollout.step_indices.numel() for b in chunk)
                 for b in chunk:
                     for j in range(batch[b].rollout.step_indices.numel()):
-                        loss, st = self._step_loss(batch[b], j, sig.advantages[b], sig.dar_weights[b])
+                        loss, st = self._step_loss(batch[b], j, advantages[b], sig.dar_weights[b])
                         (loss / terms).backward()
                         for k, v in st.as_dict().items():
                             stats_sum[k] = stats_sum.get(k, 0.0) + v
@@ -302,6 +407,7 @@ class RLRecipe:
                     v = sig.raw[k][rows]
                     v = v[~torch.isnan(v)]
                     if v.numel():
+                        out[f"reward/{name}/n{n}"] = float(v.mean())
                         M.REWARD_BY_NREFS.labels(name, str(n)).set(float(v.mean()))
         return out
 
@@ -333,12 +439,29 @@ class RLRecipe:
 
     def save_checkpoint(self) -> Path:
         ema = self.ema.state_dict()["shadow"] if self.ema is not None else None
-        return save_checkpoint(self.ckpt_dir, self.state, self.policy.trainable_state(), self.optimizer.state_dict(), ema)
+        path = save_checkpoint(self.ckpt_dir, self.state, self.policy.trainable_state(), self.optimizer.state_dict(), ema)
+        # the checkpoint holds these steps now: their groups can no longer be rolled back
+        done = [k for k in self.r.hkeys(self.keys.step_groups) if int(k) <= self.state.step]
+        if done:
+            self.r.hdel(self.keys.step_groups, *done)
+        return path
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self, steps: int | None = None, should_stop: Callable[[], bool] = lambda: False,
-              on_step: Callable[[dict], None] | None = None) -> LearnerState:
-        total = self.rl.total_steps if steps is None else self.state.step + steps
+              on_step: Callable[[dict], None] | None = None, *, until: int | None = None) -> LearnerState:
+        """Train until the learner reaches step `until` (the target total step, as ``max_steps``: a run
+        resumed at step k takes ``until - k`` more steps; default ``rl.total_steps``). `steps` instead
+        asks for that many more steps from wherever this learner is (programmatic use only; every
+        CLI's ``--steps`` is the target total).
+
+        Each step's history record is appended before that step's checkpoint is written, so the
+        history stays exact, one record per step, across any number of resumes."""
+        if steps is not None and until is not None:
+            raise ValueError("give either steps (that many more) or until (the target total step), not both")
+        total = self.rl.total_steps if until is None and steps is None else (
+            until if until is not None else self.state.step + steps)
+        if self.state.step:
+            log.info("resuming at step %d; training to step %d", self.state.step, total)
         try:
             while self.state.step < total and not should_stop():
                 t0 = time.perf_counter()
@@ -346,8 +469,18 @@ class RLRecipe:
                 if len(batch) < self.rl.groups_per_step:
                     break  # stopping (or timed out) with a partial batch: leave it pending for the next run
                 t1 = time.perf_counter()
-                stats = self.update(batch)
+                batch, sig = self.signals(batch)  # dead-letters (and counts) the groups it cannot score
+                unscorable = self.rl.groups_per_step - len(batch)
+                if not batch:
+                    continue  # nothing left to train on: consume a fresh batch
+                stats = self.update(batch, sig)
                 t2 = time.perf_counter()
+                # which groups this step trains on, before they are settled: if the learner dies before
+                # a checkpoint holds the step, the resumed learner rolls them back (setup)
+                # (at maxmemory HSET is refused like every write: back off as the acks do, not crash)
+                step_groups = json.dumps([{"group_id": g.header.group_id, "task_id": g.header.task_id} for g in batch])
+                retry_on_oom(lambda: self.r.hset(self.keys.step_groups, str(self.state.step + 1), step_groups),
+                             what="learner step_groups", max_wait_s=self.groups.oom_wait_s)
                 for g in batch:
                     self._settle(g.entry, "consumed", g.header.group_id)
                     M.GROUPS_CONSUMED.inc()
@@ -358,14 +491,19 @@ class RLRecipe:
                 self.groups.export_metrics()
                 if self.state.step % self.rl.publish_every == 0:
                     self.publish()
-                if self.state.step % self.rl.checkpoint_every == 0:
-                    self.save_checkpoint()
                 M.PHASE_SECONDS.labels("learner", "consume").observe(t1 - t0)
                 M.PHASE_SECONDS.labels("learner", "update").observe(t2 - t1)
+                if self.state.drs_tau is not None:
+                    stats["drs_tau"] = self.state.drs_tau
                 stats.update({"step": self.state.step, "version": self.state.version, "seconds/consume": t1 - t0,
-                              "seconds/update": t2 - t1, "images": len(batch) * self.rl.group_size})
+                              "seconds/update": t2 - t1, "images": len(batch) * self.rl.group_size,
+                              "groups_unscorable": unscorable})
+                # the record goes in before the checkpoint: a checkpoint of step k holds k's record
+                # (written after it, a kill before the next checkpoint lost k's record at resume)
                 self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
                 del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
+                if self.state.step % self.rl.checkpoint_every == 0:
+                    self.save_checkpoint()
                 if on_step:
                     on_step(stats)
         finally:

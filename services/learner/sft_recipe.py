@@ -2,7 +2,7 @@
 
 Written top to bottom like a torchtune recipe: :meth:`SFTRecipe.setup` (policy, optimizer, lr
 schedule, resume), :meth:`SFTRecipe.train` (micro-batches -> accumulate -> clip -> AdamW), and
-:meth:`SFTRecipe.save_checkpoint`. The loss is the paper's ``FlowMatchSFTLoss`` (REFERENCE.md §7):
+:meth:`SFTRecipe.save_checkpoint`. The loss is the paper's ``FlowMatchSFTLoss`` (docs/algorithm.md §10):
 
     x0 = VAE(target) in the policy's packed layout [1, S, C]; ε ~ N(0, I); σ ~ p(σ)
     x_σ = (1 − σ)·x0 + σ·ε          v* = ε − x0          L = E[w(σ) · ‖v_θ(x_σ, σ | prompt, refs) − v*‖²]
@@ -76,7 +76,7 @@ def scheduler_weight(sigma: torch.Tensor) -> torch.Tensor:
 
 def ref_cap(step: int, total: int, counts: Sequence[int], curriculum: tuple[float, float] | None) -> int:
     """Largest reference count allowed at ``step`` (of ``total``): the smallest count until
-    ``hold·total``, then rising linearly to the largest by ``end·total`` (RECIPES.md §8)."""
+    ``hold·total``, then rising linearly to the largest by ``end·total`` (docs/measurements.md §8)."""
     lo, hi = min(counts), max(counts)
     if curriculum is None:
         return hi
@@ -234,12 +234,27 @@ class SFTRecipe:
         del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
         return rec
 
-    def train(self, steps: int | None = None, on_step: Callable[[dict], None] | None = None) -> LearnerState:
+    def evaluate(self, evaluate: Callable[[MRIGPolicy], dict]) -> dict:
+        """Held-out scores of the current weights ({"eval/<metric>/<n_refs>": value}); the policy is
+        back in train mode after. Sampling uses its own seeded generators: training RNG is untouched."""
+        self.policy.eval()
+        try:
+            return evaluate(self.policy)
+        finally:
+            self.policy.train()
+
+    def train(self, steps: int | None = None, on_step: Callable[[dict], None] | None = None,
+              evaluate: Callable[[MRIGPolicy], dict] | None = None) -> LearnerState:
         """Run until ``steps`` (default: the setup total) optimizer steps are done; checkpoint every
-        ``checkpoint_every`` steps and at the end."""
+        ``checkpoint_every`` steps and at the end. With ``evaluate`` (policy -> scores) and
+        ``sft.eval_every`` > 0, held-out scores join the step's history record every N steps and
+        at the end, before ``on_step`` sees it."""
         end = int(steps or self.total)
+        every = self.sft.eval_every
         while self.state.step < end:
             rec = self.train_step()
+            if evaluate is not None and every and (self.state.step % every == 0 or self.state.step == end):
+                rec.update(self.evaluate(evaluate))
             if on_step is not None:
                 on_step(rec)
             if self.state.step % self.sft.checkpoint_every == 0 or self.state.step == end:

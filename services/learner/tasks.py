@@ -21,6 +21,7 @@ class TrainingCase:
     references: list[tuple[str, Image.Image, str]]  # (role, image, name) in prompt order
     target: Image.Image | None
     index: int
+    boxes: list[tuple[float, float, float, float] | None] | None = None  # per reference: where it belongs
 
 
 class TaskSource:
@@ -36,8 +37,9 @@ class TaskSource:
     def _wire(self, i: int):
         if i not in self._encoded:
             c = self.cases[i]
-            refs = tuple(Reference(role=role, image=encode_image(img), description=name or None)
-                         for role, img, name in c.references)
+            boxes = c.boxes or [None] * len(c.references)
+            refs = tuple(Reference(role=role, image=encode_image(img), description=name or None, box=box)
+                         for (role, img, name), box in zip(c.references, boxes))
             self._encoded[i] = (refs, encode_image(c.target) if c.target is not None else None)
         return self._encoded[i]
 
@@ -52,7 +54,7 @@ class TaskSource:
 
 def synthetic_cases(n: int, seed: int, size: int, ref_size: int, max_refs: int = 6, name: str = "train") -> list[TrainingCase]:
     from common.synthetic.cases import make_split
-    return [TrainingCase(c.prompt, list(c.references), c.target, c.index)
+    return [TrainingCase(**c.training_case())
             for c in make_split(name, n, seed, size=size, ref_size=ref_size, max_refs=max_refs)]
 
 

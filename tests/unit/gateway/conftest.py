@@ -23,3 +23,42 @@ def core(redis_server, gw_keys):
     c.load()
     assert c.ready, c.load_error
     return c
+
+
+class HTTPGateway:
+    """An ASGI app served by uvicorn on a free loopback port, in a thread: real HTTP, real sockets."""
+
+    def __init__(self, app):
+        import threading
+        import time
+
+        import uvicorn
+
+        from common.transport import free_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def http_gateway():
+    """Factory: serve an ASGI app over real HTTP (uvicorn, loopback); every server stops at module end."""
+    made: list[HTTPGateway] = []
+
+    def make(app) -> HTTPGateway:
+        made.append(HTTPGateway(app))
+        return made[-1]
+    yield make
+    for gw in made:
+        gw.close()

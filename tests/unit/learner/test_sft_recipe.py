@@ -183,3 +183,21 @@ def test_rejects_cases_without_target(tmp_path, cases):
         SFTRecipe(pcfg(), scfg(tmp_path), bad)
     with pytest.raises(ValueError, match="at least one"):
         SFTRecipe(pcfg(), scfg(tmp_path), [])
+
+
+def test_held_out_evaluation_every_n_steps_joins_the_history(tmp_path, cases):
+    seen = []
+
+    def evaluate(policy):
+        assert not policy.training  # scored in eval mode ...
+        seen.append(policy.trainable_state())
+        return {"eval/placement/all": float(len(seen))}
+    r = SFTRecipe(pcfg(), scfg(tmp_path, steps=7, eval_every=3), cases).setup()
+    r.train(evaluate=evaluate)
+    evals = [h["step"] for h in r.state.history if "eval/placement/all" in h]
+    assert evals == [3, 6, 7]  # every 3 steps and at the end
+    assert [h["eval/placement/all"] for h in r.state.history if "eval/placement/all" in h] == [1.0, 2.0, 3.0]
+    # evaluating does not change what training does: same weights as a run without it
+    plain = SFTRecipe(pcfg(), scfg(tmp_path / "plain", steps=7), cases).setup()
+    plain.train()
+    assert plain.policy.trainable_state() == r.policy.trainable_state()
