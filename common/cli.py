@@ -68,20 +68,26 @@ def up(profile: Optional[str] = ProfileOpt,
 def demo(profile: Optional[str] = ProfileOpt,
          out: str = typer.Option("runs/demo", help="Output folder; a second run reuses the finished stages found here."),
          quick: bool = typer.Option(False, help="A minute-long smoke run of the same pipeline (tiny sizes)."),
+         seed: int = typer.Option(0, help="Seed of the data, the models and the training order."),
          serve_seconds: float = typer.Option(-1, help="Serve /generate this long after the report (-1: until Ctrl-C, 0: not at all)."),
          port: int = typer.Option(8000, help="Port of the /generate gateway.")):
     """The main job: tiny policy -> SFT -> RL (DAR + DRS, distributed) -> held-out report -> /generate."""
     from services.demo_cli import run_demo_command
-    run_demo_command(_load(profile), out, quick, serve_seconds, port)
+    run_demo_command(_load(profile), out, quick, serve_seconds, port, seed=seed)
 
 
 @app.command("demo-ablation")
 def demo_ablation(profile: Optional[str] = ProfileOpt,
-                  out: str = typer.Option("runs/demo", help="The demo's output folder (its SFT weights are the start)."),
-                  quick: bool = typer.Option(False, help="Match a `dyref demo --quick` run.")):
-    """RL with GRPO only, +DRS, +DAR and +both from the demo's SFT weights; held-out scores by reference count."""
+                  out: str = typer.Option("runs/ablation", help="Output folder (one SFT per seed is trained or reused here)."),
+                  quick: bool = typer.Option(False, help="Tiny sizes: a smoke run of the same path."),
+                  seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+                  variants: str = typer.Option("grpo,gdpo,gdpo+drs,gdpo+dar,gdpo+drs+dar,shuffled",
+                                               help="Comma-separated variants (see services.demo.ABLATION_VARIANTS)."),
+                  rl_steps: Optional[int] = typer.Option(None, min=1, help="Learner steps of every variant (the same budget for all; default: the demo's).")):
+    """RL variants (GRPO, GDPO, +DRS, +DAR, +both, shuffled-advantage control) from the same SFT weights, several
+    seeds; paired per-case differences against GDPO by reference count."""
     from services.demo_cli import run_ablation_command
-    run_ablation_command(_load(profile), out, quick)
+    run_ablation_command(_load(profile), out, quick, [int(s) for s in seeds.split(",")], variants.split(","), rl_steps)
 
 
 def _mount_optional() -> None:

@@ -1,6 +1,6 @@
 """msgpack <-> Python with numpy/torch tensors as (dtype, shape, raw bytes); safetensors for weights.
 
-Never pickle (DESIGN.md principle 7). Decoding is bounded: the payload size is checked before
+Never pickle (docs/architecture.md, principle 7). Decoding is bounded: the payload size is checked before
 unpacking, msgpack's own length limits apply, every array's byte length must equal
 prod(shape) * itemsize of a whitelisted dtype, and nothing is allocated beyond what the payload
 already holds. Anything malformed raises :class:`CodecError` with the reason.

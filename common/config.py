@@ -3,7 +3,7 @@
 Precedence (highest first): explicit overrides passed to :func:`load_config`, ``DYREF_*``
 environment variables (nested with ``__``, e.g. ``DYREF_RL__DAR__GAMMA=1.5``), the YAML profile
 (``configs/<profile>.yaml`` or a path; ``DYREF_PROFILE`` picks it), then the defaults below.
-Components receive their own section, never the whole tree (CONVENTIONS.md §3).
+Components receive their own section, never the whole tree (docs/architecture.md, Conventions).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ __all__ = [
     "ROLES", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
     "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
     "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
-    "PROFILES_DIR", "format_validation_error",
+    "PROFILES_DIR", "format_validation_error", "FieldError",
 ]
 
 ROLES = ("subject", "style", "background", "lighting", "pose")
@@ -30,6 +30,19 @@ PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs"
 class _Section(BaseModel):
     # A typo in a profile must fail loudly, not be silently ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FieldError(ValueError):
+    """A cross-field check that failed, naming the field(s) at fault by path below the validator.
+
+    Raised in a model validator, pydantic reports it at the validator's own location (the section,
+    or the root); :func:`format_validation_error` appends each path here, so the message names the
+    dotted field (``rl.drs.k1``) rather than the section. problems: (relative path, message) pairs.
+    """
+
+    def __init__(self, *problems: tuple[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
 
 
 class RedisConfig(_Section):
@@ -67,7 +80,7 @@ class RayConfig(_Section):
 class LoraConfig(_Section):
     rank: int = Field(8, ge=1, description="LoRA rank r.")
     alpha: float = Field(8.0, gt=0, description="LoRA alpha (scale = alpha / r).")
-    targets: list[str] | None = Field(None, description="Module names to adapt; None uses the family's defaults (REFERENCE.md §4).")
+    targets: list[str] | None = Field(None, description="Module names to adapt; None uses the family's defaults (docs/algorithm.md §9).")
     init_adapter: str | None = Field(None, description="PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to start from, e.g. the SFT adapter.")
 
 
@@ -81,7 +94,7 @@ class SDEConfig(_Section):
 class PolicyConfig(_Section):
     family: Literal["flux2-klein", "qwen-image-edit-plus"] = Field("flux2-klein", description="Diffusers pipeline family.")
     source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
-    tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, RECIPES.md §8).")
+    tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, docs/measurements.md §8).")
     path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype.")
     device: str = Field("cpu", description="torch device of the policy.")
@@ -96,6 +109,7 @@ class PolicyConfig(_Section):
     max_references: int = Field(10, ge=1, description="Most references one request or task may carry.")
     max_sequence_length: int = Field(64, ge=8, description="Text tokens (padded) of the prompt encoder.")
     finetune: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or every transformer weight.")
+    train_text_encoder: bool = Field(False, description="Train the text encoder too, every weight (flux2-klein only). A tiny policy's random frozen encoder leaves slot words too alike for placement to be learnt (docs/learning.md); a run that froze it loads it from init_weights.")
     init_weights: str | None = Field(None, description="Trainable-state safetensors loaded at build time (e.g. <sft>/trainable.safetensors of a full fine-tune); the KL 'sft' reference is taken after loading.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (finetune=lora).")
     sde: SDEConfig = Field(default_factory=SDEConfig, description="Rollout dynamics.")
@@ -108,27 +122,50 @@ class PolicyConfig(_Section):
                 raise ValueError(f"{name} must be a multiple of 16, got {getattr(self, name)}")
         if self.source == "pretrained" and not self.path:
             raise ValueError("path is required when source is 'pretrained'")
+        if self.train_text_encoder and self.family != "flux2-klein":
+            raise ValueError("train_text_encoder is supported for family flux2-klein only")
         return self
 
 
 class DRSConfig(_Section):
     enabled: bool = Field(True, description="Discriminative reward scaling; off = the raw similarity is the reward (ablation).")
-    tau: float = Field(0.65, description="Sigmoid centre tau.")
-    k0: float = Field(10.0, description="Slope at n = 2 references.")
-    k1: float = Field(3.0, description="Slope change per extra reference.")
-    k_mode: Literal["increase", "decrease", "constant"] = Field("increase", description="k(n) = k0 + k1 (n-2) | k0 + k1 (n_max-n) | k0.")
+    tau: float | Literal["auto"] = Field(0.65, description="Sigmoid centre tau, or 'auto': the `tau_quantile` quantile of the raw per-reference scores of the learner's first batch (sampled by the starting policy), kept in the checkpoint and the run's run.json (docs/algorithm.md §1).")
+    tau_quantile: float = Field(0.5, gt=0, lt=1, description="tau=auto: which quantile of the starting policy's raw scores becomes tau (0.5: the sigmoid is steepest where the starting policy is).")
+    k0: float = Field(10.0, description="Slope at n = 2 references (increase), at n = n_max (decrease), everywhere (constant).")
+    k1: float = Field(3.0, description="Slope change per extra reference (increase) or per reference fewer than n_max (decrease).")
+    k_mode: Literal["increase", "decrease", "constant"] = Field("increase", description="k(n) = k0 + k1 (n-2) | k0 + k1 (n_max-n) | k0; must be > 0 for every n in 1..policy.max_references (checked at load, docs/algorithm.md §5).")
     n_max: int = Field(6, ge=2, description="n_max of the `decrease` mode.")
     reduce: Literal["mean", "max", "min"] = Field("mean", description="Reduction over per-target similarities.")
 
 
+_DAR_REFERENCE_UNREAD = {"beta": 0.0, "n0": 3.0}  # fields the released (reference) mode never reads
+
+
 class DARConfig(_Section):
     enabled: bool = Field(True, description="Difficulty-aware advantage reweighting; off = every group weight 1 (ablation).")
-    mode: Literal["normalized", "reference"] = Field("normalized", description="reference = the released order (clip then normalise, int gamma); normalized = normalise, clip, renormalise.")
-    gamma: float = Field(2.0, ge=0, description="Focal exponent gamma on (1 - p_g).")
-    beta: float = Field(0.0, ge=0, description="Exponent of the reference-count factor (n_g / n0)^beta (0 = off).")
-    n0: float = Field(3.0, gt=0, description="Reference count of weight 1 in the count factor.")
-    w_min: float = Field(0.5, gt=0, description="Lower clip of a group weight.")
-    w_max: float = Field(5.0, gt=0, description="Upper clip of a group weight.")
+    mode: Literal["normalized", "reference"] = Field("normalized", description="normalized: b = (1 - p + 1e-6)^gamma (n/n0)^beta, scaled by one constant to mean 1, then clipped to [w_min, w_max] (closed form; reads gamma, beta, n0, w_min, w_max). reference: the released code, clip to [w_min, w_max], divide by the mean, clip again, with int(gamma) (reads gamma, w_min, w_max only). docs/algorithm.md §3.")
+    gamma: float = Field(2.0, ge=0, description="Focal exponent gamma on (1 - p_g); an integer in mode reference (the released code casts it to int).")
+    beta: float = Field(0.0, ge=0, description="Mode normalized: exponent of the reference-count factor (n_g / n0)^beta (0 = off); must stay 0 in mode reference.")
+    n0: float = Field(3.0, gt=0, description="Mode normalized: reference count of weight 1 in the count factor; must stay 3 in mode reference.")
+    w_min: float = Field(0.5, gt=0, le=1, description="Lower clip of a group weight (both modes); at most 1, or no weights with mean 1 exist.")
+    w_max: float = Field(5.0, ge=1, description="Upper clip of a group weight (both modes); at least 1 (so at least w_min).")
+
+    @model_validator(mode="after")
+    def _fields_read_by_mode(self) -> "DARConfig":
+        # reference mode reproduces the released code, which never reads these: a value here would be
+        # silently ignored, and a non-integer gamma silently truncated (docs/algorithm.md §3)
+        if self.mode != "reference":
+            return self
+        problems = [(name, f"is not read in mode 'reference' (the released count factor is dead code); "
+                           f"leave it at {default:g} or use mode 'normalized'")
+                    for name, default in _DAR_REFERENCE_UNREAD.items() if getattr(self, name) != default]
+        if self.gamma != int(self.gamma):
+            problems.insert(0, ("gamma", f"mode 'reference' casts gamma to int as the released code does "
+                                         f"({self.gamma:g} would act as {int(self.gamma)}); give an integer or "
+                                         f"use mode 'normalized'"))
+        if problems:
+            raise FieldError(*problems)
+        return self
 
 
 class KLConfig(_Section):
@@ -171,6 +208,10 @@ class RLConfig(_Section):
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trainable weights.")
     num_generators: int = Field(1, ge=1, description="Generator actors (one per GPU in the gpu profile).")
     generator_threads: int = Field(1, ge=1, description="torch CPU threads per generator actor (CPU profiles; 1 avoids oversubscription when several share a box).")
+    generator_max_restarts: int = Field(3, ge=-1, description="Ray restarts of a generator actor whose process died (kill -9, OOM); its loop resumes and its pending task is reclaimed. -1: unlimited.")
+    eval_every: int = Field(0, ge=0, description="The evaluator scores the held-out split every N published weight versions while RL runs (0: no evaluator).")
+    eval_cases: int = Field(48, ge=1, description="Held-out synthetic cases the evaluator scores (dyref train rl; the demo passes its own).")
+    shuffle_advantages: bool = Field(False, description="Negative control for ablations: permute the advantages across the whole batch (seeded) before the loss, so they carry no information about which sample earned them.")
 
 
 class SFTConfig(_Section):
@@ -192,14 +233,16 @@ class SFTConfig(_Section):
     ref_curriculum: tuple[float, float] | None = Field(None, description="(hold, end) fractions of the steps: only the smallest reference count until hold, then the largest allowed count ramps linearly to the maximum by end; None: every count from the start.")
     keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept under output_dir/checkpoints.")
     cache_conditioning: bool = Field(True, description="Encode each case's prompt, references and target once (frozen encoders) and reuse them.")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every N steps and at the end (0: never); the scores go into the history, the progress bar and the report.")
 
 
 class RewardComponent(_Section):
     name: str = Field(..., description="Reward name (metric label, GDPO component).")
-    scorer: Literal["similarity", "style", "judge", "lighting", "colour"] = Field(..., description="Which scorer deployment computes it.")
+    scorer: Literal["similarity", "style", "judge", "lighting", "colour", "references"] = Field(..., description="Which scorer deployment computes it. references: one similarity per reference of the task, by role (common.rewards.per_reference).")
     weight: float = Field(1.0, description="Weight in the GDPO/GRPO sum.")
-    against: Literal["target", "subject", "style", "background", "lighting", "pose", "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers).")
+    against: Literal["target", "subject", "style", "background", "lighting", "pose", "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers). scorer=references: 'none' scores each reference of `roles`; 'target' scores the image outside the subjects' boxes against the target there (one column).")
     drs: bool = Field(False, description="Pass this reward through DRS (its raw similarity feeds DAR).")
+    roles: list[Literal["subject", "style", "background", "lighting", "pose"]] | None = Field(None, description="scorer=references: the reference roles this component scores, one column per such reference (None: every role the scorer knows).")
 
 
 class RewardsConfig(_Section):
@@ -210,6 +253,7 @@ class RewardsConfig(_Section):
     embedding_backend: Literal["siglip", "clip", "dinov2"] = Field("siglip", description="Embedding model of the similarity scorer.")
     embedding_path: str | None = Field(None, description="Local path of the embedding model (pretrained).")
     pooling: Literal["mean", "pooler", "flat"] = Field("flat", description="Feature pooling: token mean, pooler output, or the flattened token grid (paper).")
+    reference_backend: Literal["looks", "embedding"] = Field("looks", description="Per-reference scorer: colour looks (weight-free, the CPU profile's synthetic task) or the embedding model on crops (real data).")
     style_path: str | None = Field(None, description="Local path of a style-embedding (CSD-compatible) model.")
     judge_backend: Literal["local", "openai"] = Field("local", description="VLM judge: transformers model or an OpenAI-compatible endpoint.")
     judge_path: str | None = Field(None, description="Local path of the Qwen-VL judge (pretrained).")
@@ -232,9 +276,15 @@ class RewardsConfig(_Section):
     fault: Literal["none", "slow", "garbage"] = Field("none", description="Fault injection for chaos tests only: every `fault_every`-th batch of a scorer replica sleeps `fault_delay_s` (slow) or answers NaN/inf/None/wrong-shape tables (garbage).")
     fault_every: int = Field(2, ge=1, description="Fault injection: which batches misbehave (every N-th, counted per replica).")
     fault_delay_s: float = Field(0.0, ge=0, description="Fault injection: sleep of a slow batch (make it exceed timeout_s to exercise retries).")
-    fault: Literal["none", "slow", "garbage"] = Field("none", description="Fault injection for chaos tests only: every `fault_every`-th batch of a scorer replica sleeps `fault_delay_s` (slow) or answers NaN/inf/None/wrong-shape tables (garbage).")
-    fault_every: int = Field(2, ge=1, description="Fault injection: which batches misbehave (every N-th, counted per replica).")
-    fault_delay_s: float = Field(0.0, ge=0, description="Fault injection: sleep of a slow batch (make it exceed timeout_s to exercise retries).")
+    detector: Literal["none", "owlvit"] = Field("none", description="Per-reference reward: how a subject reference without a box (real data) is located in the generated image. owlvit: image-guided OWL-ViT/OWLv2 detection (tiny random with source tiny, `detector_path` with pretrained); none: such a subject scores None (docs/learning.md §3).")
+    detector_path: str | None = Field(None, description="Local OWL-ViT or OWLv2 folder for detector=owlvit with source=pretrained.")
+
+    @model_validator(mode="after")
+    def _detector_has_weights(self) -> "RewardsConfig":
+        if self.detector != "none" and self.source == "pretrained" and not self.detector_path:
+            raise FieldError(("detector_path", f"must name a local OWL-ViT/OWLv2 folder when detector is "
+                                               f"{self.detector!r} and source is 'pretrained' (nothing is downloaded)"))
+        return self
 
 
 class GatewayConfig(_Section):
@@ -253,6 +303,7 @@ class GatewayConfig(_Section):
     max_batch_size: int = Field(4, ge=1, description="@serve.batch max_batch_size of the generator deployment (run under one lock).")
     batch_wait_s: float = Field(0.0, ge=0, description="@serve.batch batch_wait_timeout_s of the generator deployment (0: batch what is already queued, add no latency).")
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 (queue full) and 503 (no model ready).")
+    receive_budget_mb: float | None = Field(None, gt=0, description="Request-body bytes one gateway process holds at once, summed over concurrent requests; past it a request gets 503 (Retry-After) before more of it is read. None: the body limit (max_references x max_image_bytes, base64, + 1 MB), so any number of concurrent uploads holds at most one limit.")
     timeout_s: float = Field(600.0, gt=0, description="Longest a generation may take before the gateway answers 504.")
     url_fetch_timeout_s: float = Field(10.0, gt=0, description="Timeout of one reference-image URL fetch (when enabled).")
 
@@ -293,6 +344,18 @@ class DyRefConfig(BaseSettings):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="HTTP gateway.")
     bench: BenchConfig = Field(default_factory=BenchConfig, description="OmniRef-Bench evaluation.")
 
+    @model_validator(mode="after")
+    def _drs_slope_positive_for_every_reference_count(self) -> "DyRefConfig":
+        """k(n) > 0 for every n a task may carry (1..policy.max_references), checked here since it
+        needs two sections: with a slope <= 0 every group of that count is unscorable, found only
+        mid-run (docs/algorithm.md §1, §5)."""
+        if not (self.rl.drs.enabled and any(c.drs for c in self.rewards.components)):
+            return self  # the slope is never computed
+        problem = _drs_slope_problem(self.rl.drs, self.policy.max_references)
+        if problem:
+            raise FieldError(problem)
+        return self
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
@@ -304,6 +367,32 @@ class DyRefConfig(BaseSettings):
     def from_dict(cls, data: dict[str, Any]) -> "DyRefConfig":
         """Rebuild a tree from `model_dump()` (e.g. in a Ray actor) without re-reading env or YAML."""
         return cls(**data)
+
+
+def _drs_slope_problem(drs: DRSConfig, max_references: int) -> tuple[str, str] | None:
+    """(dotted path, message) when k(n) <= 0 for some n in 1..max_references, else None.
+
+    k(n) is linear in n, so its smallest value over the range is at n = 1 or n = max_references.
+    """
+    def k(n: int) -> float:
+        if drs.k_mode == "increase":
+            return drs.k0 + drs.k1 * (n - 2)
+        if drs.k_mode == "decrease":
+            return drs.k0 + drs.k1 * (drs.n_max - n)
+        return drs.k0
+    worst = min((1, max_references), key=k)
+    if k(worst) > 0:
+        return None
+    formula = {"increase": f"k0 + k1·(n − 2) = {drs.k0:g} + {drs.k1:g}·({worst} − 2) = {k(worst):g}",
+               "decrease": f"k0 + k1·(n_max − n) = {drs.k0:g} + {drs.k1:g}·({drs.n_max} − {worst}) = {k(worst):g}",
+               "constant": f"k0 = {drs.k0:g}"}[drs.k_mode]
+    fix = {"increase": "rl.drs.k0, rl.drs.k1 or policy.max_references",
+           "decrease": "rl.drs.k0, rl.drs.k1, rl.drs.n_max or policy.max_references",
+           "constant": "rl.drs.k0"}[drs.k_mode]
+    path = "rl.drs.k0" if drs.k_mode == "constant" else "rl.drs.k1"
+    return path, (f"k_mode '{drs.k_mode}' gives a DRS slope k(n) = {formula} <= 0 at n = {worst}, and tasks may "
+                  f"carry 1..{max_references} references (policy.max_references); each count needs k(n) > 0: "
+                  f"change {fix}")
 
 
 # the YAML data of the profile being loaded; None outside load_config (sources are then off)
@@ -329,6 +418,12 @@ class ConfigError(ValueError):
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
+        exc = (e.get("ctx") or {}).get("error")
+        if isinstance(exc, FieldError):  # a cross-field check: name each field it blames
+            for path, msg in exc.problems:
+                loc = ".".join([*(str(p) for p in e["loc"]), path])
+                lines.append(f"  {loc}: {msg}")
+            continue
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"

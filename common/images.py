@@ -8,6 +8,7 @@ the full decode. Every failure raises :class:`ImageError` naming what is wrong.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +19,9 @@ __all__ = ["ImageError", "decode_image", "encode_image", "DEFAULT_MAX_BYTES", "D
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -46,10 +50,12 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: in
             img = Image.open(io.BytesIO(bytes(data)), formats=list(ALLOWED_FORMATS))
     except UnidentifiedImageError:
         raise ImageError(f"{what}: not a readable image (expected one of {', '.join(ALLOWED_FORMATS)})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{what}: too many pixels ({e})") from None
+    except Image.DecompressionBombError:
+        # Pillow's own words name its internal limit, not ours: say ours
+        raise ImageError(f"{what}: too many pixels (more than the limit of {max_pixels} pixels)") from None
     except Exception as e:  # noqa: BLE001 - any parser failure is the caller's bad input
-        raise ImageError(f"{what}: cannot parse image header: {type(e).__name__}: {e}") from None
+        log.debug("%s: image header: %s: %s", what, type(e).__name__, e)
+        raise ImageError(f"{what}: cannot parse the image header (corrupt image data)") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"{what}: invalid size {w}x{h}")
@@ -59,8 +65,9 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-    except Exception as e:  # noqa: BLE001
-        raise ImageError(f"{what}: truncated or corrupt {img.format} data: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the message reaches clients: no library text or class names
+        log.debug("%s: image data: %s: %s", what, type(e).__name__, e)
+        raise ImageError(f"{what}: truncated or corrupt {img.format} data") from None
     if img.mode != "RGB":
         # alpha is composited on white (what a viewer shows), palette/greyscale expanded
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

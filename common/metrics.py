@@ -23,11 +23,13 @@ __all__ = [
     "QUEUE_DEPTH", "QUEUE_PENDING", "DEAD_LETTERS", "RECLAIMED", "REDIS_RECONNECTS", "REDIS_OOM",
     # reward
     "REWARD_LATENCY", "REWARD_ERRORS", "REWARD_MISSING", "REWARD_BATCH_SIZE",
+    # evaluator
+    "EVAL_SCORE", "EVAL_VERSION",
     # gateway
     "GATEWAY_REQUESTS", "GATEWAY_LATENCY", "GATEWAY_QUEUE", "GATEWAY_IMAGES",
 ]
 
-PHASES = ("sample", "score", "publish", "consume", "update", "sync")
+PHASES = ("sample", "score", "publish", "consume", "update", "sync", "evaluate")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 # ---- learner ---------------------------------------------------------------------------------
@@ -78,6 +80,10 @@ GATEWAY_REQUESTS = Counter("dyref_gateway_requests", "HTTP requests by route and
 GATEWAY_LATENCY = Histogram("dyref_gateway_latency_seconds", "Request latency by route", ["route"], buckets=_LATENCY_BUCKETS)
 GATEWAY_QUEUE = Gauge("dyref_gateway_queue", "Generation requests waiting or running")
 GATEWAY_IMAGES = Counter("dyref_gateway_images", "Images served")
+
+# ---- evaluator -------------------------------------------------------------------------------
+EVAL_SCORE = Gauge("dyref_eval_score", "Held-out score of the newest evaluated policy version, by metric and reference count", ["metric", "n_refs"])
+EVAL_VERSION = Gauge("dyref_eval_policy_version", "Policy version the held-out scores belong to")
 
 _started: dict[int, object] = {}
 _lock = threading.Lock()

@@ -28,11 +28,22 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Box = tuple[float, float, float, float]
+
+
 class Reference(_Wire):
     """One typed reference image. `image` holds the encoded file bytes."""
     role: Role = Field(..., description="What the reference contributes: subject, style, background, lighting or pose.")
     image: bytes = Field(..., repr=False, description="Encoded image file (PNG, JPEG or WebP).")
     description: str | None = Field(None, max_length=1000, description="Optional words about the reference (e.g. the subject's name).")
+    box: Box | None = Field(None, description="Where this reference's content belongs in the output: (x0, y0, x1, y1) as fractions of the image. Known for synthetic training tasks; the per-reference reward scores a subject inside it.")
+
+    @field_validator("box")
+    @classmethod
+    def _valid_box(cls, v: Box | None) -> Box | None:
+        if v is not None and not (0.0 <= v[0] < v[2] <= 1.0 and 0.0 <= v[1] < v[3] <= 1.0):
+            raise ValueError(f"box must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {v}")
+        return v
 
 
 class SamplingParams(_Wire):
@@ -104,6 +115,7 @@ class ScoreRequest(_Wire):
     prompt: str = ""
     references: tuple[Reference, ...] = Field((), repr=False, description="All references (judges read them by role).")
     n_refs: int = Field(0, ge=0)
+    roles: tuple[Role, ...] | None = Field(None, description="Per-reference scorer: the roles whose references it scores (None: every role it can).")
 
 
 class ScoreResponse(_Wire):
@@ -145,7 +157,7 @@ class GenerateRequest(BaseModel):
     height: int | None = Field(None, ge=16)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     num_inference_steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0, le=30)
+    guidance_scale: float | None = Field(None, ge=0, le=30, allow_inf_nan=False)  # NaN: 'finite number', not '<= 30'
     output_format: Literal["png", "jpeg", "webp"] = "png"
 
 

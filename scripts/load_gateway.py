@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-EXAMPLES = Path(os.environ.get("DYREF_OMNIREF_EXAMPLES", ROOT.parent / "shared" / "omniref" / "examples"))
+EXAMPLES = Path(os.environ.get("DYREF_OMNIREF_EXAMPLES", ROOT / "data" / "omniref" / "examples"))
 
 
 def pct(xs: list[float], q: float) -> float:

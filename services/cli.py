@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def learner(profile: Optional[str] = ProfileOpt,
-                steps: Optional[int] = typer.Option(None, help="Learner steps (default: rl.total_steps)."),
+                steps: Optional[int] = typer.Option(None, help="Target total learner step, as max_steps: a resumed "
+                                                    "learner trains the rest (default: rl.total_steps)."),
                 records: Optional[str] = typer.Option(None, help="Training records (jsonl); default: the synthetic task."),
                 image_root: Optional[str] = typer.Option(None, help="Folder the records' paths are relative to."),
                 cases: int = typer.Option(256, help="Synthetic training cases when no --records.")):
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
         recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
         stop = StopFlag()
         with stop.on_signals():
-            state = recipe.train(steps=steps, should_stop=stop,
+            state = recipe.train(until=steps, should_stop=stop,
                                  on_step=lambda s: logging.getLogger("dyref.learner").info(
                                      "step %d v%d %s", s["step"], s["version"],
                                      {k: round(v, 4) for k, v in s.items() if k.startswith("reward/")}))

@@ -1,4 +1,4 @@
-"""The OmniRef-Bench MLLM judge (REFERENCE.md §6): six 0-10 dimensions, −1 = not applicable.
+"""The OmniRef-Bench MLLM judge (docs/benchmark.md §4): six 0-10 dimensions, −1 = not applicable.
 
 Message order follows the released rubric: text, subject references, style reference, lighting
 reference, background reference, generated image (pose references are not sent; there is no pose

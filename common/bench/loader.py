@@ -1,14 +1,14 @@
 """OmniRef-Bench case loading: the official metadata json and the training-record jsonl.
 
-Official metadata (REFERENCE.md §5.3) is a JSON list of
+Official metadata (docs/benchmark.md §2) is a JSON list of
 ``{"image"?, "prompt", "edit_image": [...], "index", "category"}`` with paths
-``<category>/<n_refs>/<case_id>/<role dir>/<file>``. Training records (§5.1) are one JSON object
+``<category>/<n_refs>/<case_id>/<role dir>/<file>``. Training records (§1) are one JSON object
 per line with the same ``image``/``prompt``/``edit_image``/``index`` fields and paths
 ``<n>_subjects/<id>/<role dir>/<file>``.
 
 Records are addressed by their ``index`` field, never by list position: the released evaluator
 reads ``metadata[int(file_stem)]`` while the generator names files ``<index>.jpg``, so the last 31
-items of the shipped files get the wrong references (REFERENCE.md §10.10). :class:`BenchSet` is a
+items of the shipped files get the wrong references (docs/benchmark.md §2). :class:`BenchSet` is a
 dict keyed by ``index`` and refuses duplicate indices.
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ def load_metadata(path: str | os.PathLike) -> BenchSet:
 
 
 def load_train_records(path: str | os.PathLike) -> BenchSet:
-    """Load a training-record jsonl (REFERENCE.md §5.1) into a :class:`BenchSet`."""
+    """Load a training-record jsonl (docs/benchmark.md §1) into a :class:`BenchSet`."""
     path = Path(path)
     cases = []
     try:
@@ -234,7 +234,7 @@ def resolve_image(root: str | os.PathLike, rel: str) -> Path:
 
 
 def metadata_stats(cases: Iterable[BenchCase]) -> dict:
-    """Counts the shipped files are described by (REFERENCE.md §5.3): cases, reference-count
+    """Counts the shipped files are described by (docs/benchmark.md §2): cases, reference-count
     distribution, categories, per-category reference-count range, reference roles, pose kinds,
     and how many cases have a ground-truth image."""
     cases = list(cases)

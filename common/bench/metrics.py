@@ -1,4 +1,4 @@
-"""OmniRef-Bench metric scorers (REFERENCE.md §6), each pluggable and each honest about what it did.
+"""OmniRef-Bench metric scorers (docs/benchmark.md §3), each pluggable and each honest about what it did.
 
 A scorer has ``name``, ``applies(case) -> bool``, ``score(case, image, refs) -> {dim: value|None}``
 and ``notes`` (run-level caveats that go into the report). A dim left out of the returned dict does
@@ -177,8 +177,8 @@ class LightingMetric:
 
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 # 18 limbs (0-based COCO-17 joints): the standard 19-link COCO skeleton with its two ear-shoulder links
-# replaced by one nose-left-shoulder link. REFERENCE.md §6 says "18 limbs" without listing them; this
-# list is our documented choice, not a copy of the released one.
+# replaced by one nose-left-shoulder link. The released score says "18 limbs" without listing them
+# (docs/benchmark.md §3); this list is our documented choice, not a copy of the released one.
 COCO_LIMBS = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
               (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (0, 5)]
 _L_SHOULDER, _R_HIP = 5, 12

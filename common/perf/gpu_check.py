@@ -148,8 +148,8 @@ def _apply_options(policy, args, notes: list[str]) -> None:
         fam, n = policy.family, args.member_batch
         inner = fam.velocity
 
-        def chunked(transformer, cond, x, sigma):  # G members in calls of n: the batching switch
-            return torch.cat([inner(transformer, cond, x[i:i + n], sigma) for i in range(0, x.shape[0], n)])
+        def chunked(transformer, cond, x, sigma, **kwargs):  # G members in calls of n: the batching switch
+            return torch.cat([inner(transformer, cond, x[i:i + n], sigma, **kwargs) for i in range(0, x.shape[0], n)])
         fam.velocity = chunked
         notes.append(f"sampling runs the transformer on {n} member(s) per call")
 

@@ -27,7 +27,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def default_lora_targets(family: str, source: str) -> list[str]:
-    """REFERENCE.md §4 defaults; the tiny profile adds proj_out + norm_out.linear (see families.py)."""
+    """The released defaults (docs/algorithm.md §9); the tiny profile adds proj_out + norm_out.linear
+    (see families.py)."""
     from common.policy.families import FLUX_LORA_TARGETS, QWEN_LORA_TARGETS
     base = FLUX_LORA_TARGETS if family == "flux2-klein" else QWEN_LORA_TARGETS
     return list(base) + (TINY_EXTRA_TARGETS if source == "tiny" else [])
@@ -74,6 +75,6 @@ def build_policy(cfg) -> MRIGPolicy:
         path = Path(cfg.init_weights)
         if not path.is_file():
             raise PolicyLoadError(f"policy.init_weights: no file at {path}")
-        policy.load_trainable_state(path.read_bytes())
+        policy.load_init_state(path.read_bytes())
         policy.reset_reference()
     return policy

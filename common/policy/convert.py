@@ -1,6 +1,6 @@
 """The paper's adapter format (DiffSynth-style LoRA safetensors) <-> PEFT adapter directories.
 
-Same semantics as the paper's ``sft/all_scripts/diffusers_peft_transfer.py`` (REFERENCE.md §7):
+Same semantics as the paper's ``sft/all_scripts/diffusers_peft_transfer.py`` (docs/algorithm.md §10):
 
 - **d2p** (import): strip ``<prefix>.``, rewrite ``.lora_A.<adapter>.weight`` -> ``.lora_A.weight``
   (same for B), prepend ``base_model.model.``; adapter_config.json with r = lora_A.shape[0],

@@ -2,7 +2,7 @@
 
 Everything model-specific lives here and reuses the pipeline's own methods (encode_prompt,
 prepare_image_latents / prepare_latents, _pack_latents, _unpack_*), so the policy's denoising
-loop feeds the transformer exactly what ``pipeline.__call__`` feeds it (REFERENCE.md §4).
+loop feeds the transformer exactly what ``pipeline.__call__`` feeds it (docs/algorithm.md §9).
 Latents are always the pipeline's packed token layout x: [B, S, C] (S image tokens).
 """
 from __future__ import annotations
@@ -20,16 +20,16 @@ from common.policy.references import (CompiledReferences, flux_reference_size, q
 __all__ = ["Cond", "Family", "FluxFamily", "QwenFamily", "family_for", "FLUX_LORA_TARGETS", "QWEN_LORA_TARGETS",
            "TINY_EXTRA_TARGETS"]
 
-# REFERENCE.md §4.2 (flow_factory flux2_klein.py defaults)
+# docs/algorithm.md §9 (the released flux2_klein adapter's defaults)
 FLUX_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                      "attn.add_v_proj", "attn.to_add_out", "ff.linear_in", "ff.linear_out", "ff_context.linear_in",
                      "ff_context.linear_out", "attn.to_qkv_mlp_proj"]
-# REFERENCE.md §4.1 (flow_factory qwen_image_edit_plus.py defaults)
+# docs/algorithm.md §9 (the released qwen_image_edit_plus adapter's defaults)
 QWEN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                      "net.0.proj", "net.2"]
 # Tiny profile only: with the paper's targets a LoRA on the tiny random transformer barely moves a
 # colour reward, which is reached fastest by a token-independent velocity shift that sits behind
-# the last block's LayerNorm (RECIPES.md §7: plateau at -.121 vs learning with these two added).
+# the last block's LayerNorm (docs/measurements.md §7: plateau at -.121 vs learning with these two added).
 TINY_EXTRA_TARGETS = ["proj_out", "norm_out.linear"]
 
 
@@ -121,11 +121,37 @@ class FluxFamily(Family):
         f = self.pipe.vae_scale_factor * 2
         return height // f, width // f
 
+    # the layers Flux2KleinPipeline.encode_prompt stacks by default (the real Qwen3 text encoder)
+    DEFAULT_OUT_LAYERS = (9, 18, 27)
+
+    def tokenize(self, prompt: str, max_sequence_length: int) -> dict[str, torch.Tensor]:
+        """prompt_ids / prompt_mask [1, L] (int64): the pipeline's chat template, padded to L."""
+        tok = self.pipe.tokenizer
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=False)
+        enc = tok(text, return_tensors="pt", padding="max_length", truncation=True, max_length=max_sequence_length)
+        return {"prompt_ids": enc["input_ids"].to(torch.int64), "prompt_mask": enc["attention_mask"].to(torch.int64)}
+
+    def text_embeds(self, text_encoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """prompt_embeds [B, L, n_layers·D] from token ids, exactly as the pipeline's encode_prompt
+        computes them (stacked hidden states of ``out_layers``), but differentiable: a trainable text
+        encoder (``policy.train_text_encoder``) recomputes them in every forward."""
+        layers = tuple(self.out_layers) if self.out_layers else self.DEFAULT_OUT_LAYERS
+        dev = next(text_encoder.parameters()).device
+        out = text_encoder(input_ids=prompt_ids.to(dev), attention_mask=prompt_mask.to(dev),
+                           output_hidden_states=True, use_cache=False)
+        h = torch.stack([out.hidden_states[k] for k in layers], dim=1)
+        b, c, n, d = h.shape
+        return h.permute(0, 2, 1, 3).reshape(b, n, c * d)
+
     def encode_text(self, prompt: str, max_sequence_length: int, device) -> dict[str, torch.Tensor]:
-        kw = {"text_encoder_out_layers": tuple(self.out_layers)} if self.out_layers else {}
-        pe, tid = self.pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
-                                          max_sequence_length=max_sequence_length, **kw)
-        return {"prompt_embeds": pe, "text_ids": tid}
+        ids = self.tokenize(prompt, max_sequence_length)
+        with torch.no_grad():
+            pe = self.text_embeds(self.pipe.text_encoder, ids["prompt_ids"], ids["prompt_mask"])
+        pe = pe.to(device=device, dtype=self.pipe.text_encoder.dtype)
+        tid = self.pipe._prepare_text_ids(pe).to(device)
+        return {"prompt_embeds": pe, "text_ids": tid, "prompt_ids": ids["prompt_ids"].to(device),
+                "prompt_mask": ids["prompt_mask"].to(device)}
 
     def encode(self, prompt: str, refs: CompiledReferences, height: int, width: int, cfg, device,
                negative_prompt: str | None = None) -> tuple[Cond, Cond | None]:
@@ -168,15 +194,22 @@ class FluxFamily(Family):
         z = torch.randn((1, cond.meta["channels"], h, w), generator=gen, dtype=torch.float32)
         return self.pipe._pack_latents(z).to(dtype)
 
-    def velocity(self, transformer, cond: Cond, x: torch.Tensor, sigma) -> torch.Tensor:
+    def velocity(self, transformer, cond: Cond, x: torch.Tensor, sigma, text_encoder=None) -> torch.Tensor:
+        """v [B,S,C]. With ``text_encoder`` (a trained one) the prompt embeddings are recomputed from
+        the cond's token ids, so gradients reach it and cached conds never hold stale embeddings."""
         b, s = x.shape[0], x.shape[1]
         dt = transformer.dtype
         hid, ids = x.to(dt), cond.batch("latent_ids", b)
         if "image_latents" in cond.tensors:
             hid = torch.cat([hid, cond.batch("image_latents", b).to(dt)], dim=1)
             ids = torch.cat([ids, cond.batch("image_latent_ids", b)], dim=1)
+        if text_encoder is not None:
+            pe = self.text_embeds(text_encoder, cond.tensors["prompt_ids"], cond.tensors["prompt_mask"])
+            pe = pe.expand(b, *pe.shape[1:]) if pe.shape[0] == 1 else pe
+        else:
+            pe = cond.batch("prompt_embeds", b)
         out = transformer(hidden_states=hid, timestep=_timestep(sigma, b, x.device, dt), guidance=None,
-                          encoder_hidden_states=cond.batch("prompt_embeds", b).to(dt),
+                          encoder_hidden_states=pe.to(dt),
                           txt_ids=cond.batch("text_ids", b), img_ids=ids, return_dict=False)[0]
         return out[:, :s].to(torch.float32)
 
@@ -269,7 +302,9 @@ class QwenFamily(Family):
         z = torch.randn((1, 1, c, h, w), generator=gen, dtype=torch.float32)
         return self.pipe._pack_latents(z, 1, c, h, w).to(dtype)
 
-    def velocity(self, transformer, cond, x, sigma):
+    def velocity(self, transformer, cond, x, sigma, text_encoder=None):
+        if text_encoder is not None:
+            raise ValueError("a trainable text encoder is supported for flux2-klein only (Qwen's encoder sees the images)")
         b, s = x.shape[0], x.shape[1]
         dt = transformer.dtype
         hid = x.to(dt)

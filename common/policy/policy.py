@@ -2,10 +2,13 @@
 
 Rollouts (``sample_group``) run the paper's sampler: plain Euler ODE steps everywhere except the
 train steps drawn (seeded) from ``train_steps``, where the configured SDE injects noise and the
-Gaussian log-prob of the transition is recorded (REFERENCE.md §2). The learner recomputes that
+Gaussian log-prob of the transition is recorded (docs/algorithm.md §7). The learner recomputes that
 log-prob under the current weights with ``step_log_prob`` from the stored (x_t, x_{t+1}) and the
-group's conditioning. Serving uses ``generate`` (ODE, optional true CFG). The transformer is the
-only trainable part (LoRA through peft, or every weight); text encoder and VAE stay frozen.
+group's conditioning. Serving uses ``generate`` (ODE, optional true CFG). The transformer is
+trained (LoRA through peft, or every weight); the VAE stays frozen, and so does the text encoder
+unless ``policy.train_text_encoder`` trains it too (FLUX.2-klein; its parameters then appear in the
+trainable state as ``text_encoder.<name>``). A tiny policy's text encoder is random: frozen, it
+leaves the slot words of a prompt too alike for placement to be learnt (docs/learning.md).
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ def mix_seed(seed: int, *keys: int) -> int:
 
 
 _INIT, _SDE, _STEPS, _LORA = 1, 2, 3, 4
+TEXT_ENCODER_PREFIX = "text_encoder."
 
 
 def _param(params: Any, name: str, default=None):
@@ -68,9 +72,14 @@ class MRIGPolicy:
         self.finetune = cfg.finetune
         self.lora_config = lora_config
         self.training = False
+        self.train_text_encoder = bool(getattr(cfg, "train_text_encoder", False))
+        if self.train_text_encoder and family.name != "flux2-klein":
+            raise ValueError(f"policy.train_text_encoder is supported for flux2-klein only, not {family.name}")
         for m in (pipe.text_encoder, pipe.vae):
             m.requires_grad_(False)
             m.eval()
+        self._te_model = pipe.text_encoder
+        self._ref_te = None
         tr = self.transformer
         tr.requires_grad_(False)
         self._ref_model = None
@@ -100,6 +109,9 @@ class MRIGPolicy:
         else:
             self._trainable_names = [n for n, _ in tr.named_parameters()]
             self._ref_model = copy.deepcopy(tr).requires_grad_(False).eval()
+        if self.train_text_encoder:
+            self._trainable_names += [TEXT_ENCODER_PREFIX + n for n, _ in pipe.text_encoder.named_parameters()]
+            self._ref_te = copy.deepcopy(pipe.text_encoder).requires_grad_(False).eval()
         self._set_trainable_flags()
         if cfg.gradient_checkpointing:
             tr.enable_gradient_checkpointing()
@@ -109,6 +121,8 @@ class MRIGPolicy:
     def reset_reference(self) -> None:
         """Make the current trainable weights the KL "sft" reference (e.g. after loading SFT weights)."""
         tr = self.transformer
+        if self.train_text_encoder:
+            self._ref_te = copy.deepcopy(self.pipe.text_encoder).requires_grad_(False).eval()
         if self.finetune == "full":
             self._ref_model = copy.deepcopy(tr).requires_grad_(False).eval()
             return
@@ -119,17 +133,23 @@ class MRIGPolicy:
 
     # ---- parameters and weights ------------------------------------------------------------
 
+    def _named(self) -> dict[str, torch.nn.Parameter]:
+        """Every parameter that can be trained: the transformer's, then the text encoder's (prefixed)."""
+        named = dict(self.transformer.named_parameters())
+        named.update({TEXT_ENCODER_PREFIX + n: p for n, p in self.pipe.text_encoder.named_parameters()})
+        return named
+
     def _set_trainable_flags(self):
         keep = set(self._trainable_names)
-        for n, p in self.transformer.named_parameters():
+        for n, p in self._named().items():
             p.requires_grad_(n in keep)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        named = dict(self.transformer.named_parameters())
+        named = self._named()
         return [named[n] for n in self._trainable_names]
 
     def named_trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        named = dict(self.transformer.named_parameters())
+        named = self._named()
         return [(n, named[n]) for n in self._trainable_names]
 
     def trainable_state(self) -> bytes:
@@ -143,10 +163,35 @@ class MRIGPolicy:
         (nothing is modified then): a weight update that does not fit is an error, never a no-op."""
         self._load_named(state_from_bytes(data), what="trainable state")
 
-    def _load_named(self, sd: dict[str, torch.Tensor], what: str) -> None:
-        named = dict(self.transformer.named_parameters())
+    def load_init_state(self, data: bytes) -> None:
+        """Load a starting point (``policy.init_weights``): a trainable state, possibly of a run that
+        also trained the text encoder. Text-encoder tensors load into the frozen encoder when this
+        policy does not train it (all of them or none); when it does and the file has none, the
+        encoder stays as built. Any other mismatch raises TrainableStateError."""
+        sd = state_from_bytes(data)
+        te = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+        rest = {k: v for k, v in sd.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
+        if self.train_text_encoder and te:
+            self._load_named(sd, what="init weights")
+            return
+        if te:
+            named = dict(self.pipe.text_encoder.named_parameters())
+            bad = sorted(set(named) ^ set(te)) + sorted(n for n in set(named) & set(te)
+                                                       if tuple(te[n].shape) != tuple(named[n].shape))
+            if bad:
+                raise TrainableStateError(f"init weights: text encoder tensors do not match the policy's (e.g. {bad[0]})")
+        self._load_named(rest, what="init weights",
+                         skip=[n for n in self._trainable_names if n.startswith(TEXT_ENCODER_PREFIX)])
+        if te:
+            with torch.no_grad():
+                for n, p in self.pipe.text_encoder.named_parameters():
+                    p.copy_(te[n].to(device=p.device, dtype=p.dtype))
+
+    def _load_named(self, sd: dict[str, torch.Tensor], what: str, skip: Iterable[str] = ()) -> None:
+        named = self._named()
         names = self._trainable_names if hasattr(self, "_trainable_names") else \
             [n for n in named if "lora_" in n and f".{ADAPTER}." in n]
+        names = [n for n in names if n not in set(skip)]
         missing = sorted(set(names) - set(sd))
         unexpected = sorted(set(sd) - set(names))
         bad = sorted(n for n in set(names) & set(sd) if tuple(sd[n].shape) != tuple(named[n].shape))
@@ -174,6 +219,8 @@ class MRIGPolicy:
     def train(self, mode: bool = True) -> "MRIGPolicy":
         self.training = mode
         self.transformer.train(mode)
+        if self.train_text_encoder:
+            self.pipe.text_encoder.train(mode)
         return self
 
     def eval(self) -> "MRIGPolicy":
@@ -195,6 +242,8 @@ class MRIGPolicy:
         tr = self.transformer
         flags = {n: p.requires_grad for n, p in tr.named_parameters()}
         try:
+            if self.train_text_encoder:
+                self._te_model = self._ref_te
             if self.finetune == "full":
                 self._model = self._ref_model
             elif mode == "base":
@@ -203,6 +252,7 @@ class MRIGPolicy:
                 tr.set_adapter(REFERENCE_ADAPTER)
             yield self
         finally:
+            self._te_model = self.pipe.text_encoder
             if self.finetune == "full":
                 self._model = tr
             elif mode == "base":
@@ -245,7 +295,8 @@ class MRIGPolicy:
         """v(x, sigma | cond): x [B,S,C] float32, sigma float/0-d/[B] -> [B,S,C] float32."""
         if cond.tensors["prompt_embeds"].device != x.device:
             cond = cond.to(x.device)
-        return self.family.velocity(self._model, cond, x, sigma)
+        te = self._te_model if self.train_text_encoder else None
+        return self.family.velocity(self._model, cond, x, sigma, text_encoder=te)
 
     def step_log_prob(self, cond: Cond, x_t: torch.Tensor, x_next: torch.Tensor, step_index, sigmas: torch.Tensor,
                       params: Any) -> StepOutput:

@@ -1,7 +1,7 @@
 """Offline builders: tiny randomly initialised pipelines (cpu-tiny profile) and local pretrained ones.
 
-Tiny pipelines are the real diffusers pipeline classes with small configs (RECIPES.md recipes
-A, C, D, E), built entirely in code: no hub, no network, no files. Weights are seeded, so the same
+Tiny pipelines are the real diffusers pipeline classes with small configs (docs/measurements.md
+§3), built entirely in code: no hub, no network, no files. Weights are seeded, so the same
 seed gives bit-identical models in every process (generators and learner agree without shipping
 weights). ``load_pretrained`` only reads a local directory (``local_files_only``) and never downloads.
 """
@@ -67,8 +67,8 @@ def build_tiny_flux2_klein(seed: int = 0):
     channel -> 4 packed channels), 2-layer Qwen3 text encoder (hidden 16). 64 px -> 16 tokens x 4.
 
     The scheduler shifts sigmas dynamically (``use_dynamic_shifting=True`` + the pipeline's
-    ``compute_empirical_mu``) as the real Klein does; recipe E's default scheduler would silently
-    ignore mu and run linear sigmas (RECIPES.md §7).
+    ``compute_empirical_mu``) as the real Klein does; a default FlowMatchEulerDiscreteScheduler
+    would silently ignore mu and run linear sigmas (docs/measurements.md §7).
     """
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -159,7 +159,7 @@ def load_pretrained(family: str, path: str | os.PathLike, dtype: torch.dtype):
         raise PolicyLoadError(f"cannot load {family} pipeline from {p}: {type(e).__name__}: {e}") from e
 
 
-# --- "small" profile: a tiny Flux2Klein that can learn the synthetic composition task (RECIPES.md §8) ---
+# --- "small" profile: a tiny Flux2Klein that can learn the synthetic composition task (docs/measurements.md §8) ---
 
 # whole words of the synthetic task's prompts (common/synthetic/prompts.py + subject names); anything
 # else maps to [UNK]. Lower-cased by the tokenizer's normaliser.
@@ -220,7 +220,7 @@ def _pixel_codec_cls():
 
 
 def build_small_flux2_klein(seed: int = 0):
-    """Flux2KleinPipeline sized for SFT on the synthetic task (RECIPES.md §8, ~0.37 M transformer
+    """Flux2KleinPipeline sized for SFT on the synthetic task (docs/measurements.md §8, ~0.37 M transformer
     params): hidden 64 (4 heads x 16), 1 double + 3 single blocks, a lossless pixel-unshuffle codec
     (4x4 px per token, 48 channels: 32 px -> 64 tokens), word-level tokenizer, 2-layer Qwen3 text
     encoder (hidden 32, embeddings at unit scale so the frozen random encoder still separates words).

@@ -157,7 +157,7 @@ def build_random_pipeline(arch: str, device: str | torch.device = "cuda", dtype:
 def build_random_policy(pcfg, arch: str, overrides: dict[str, dict] | None = None):
     """An :class:`~common.policy.MRIGPolicy` on :func:`build_random_pipeline` (device and dtype from
     ``pcfg``; ``pcfg.family`` must be the arch's family). LoRA targets default to the family's
-    (REFERENCE.md §4) without the tiny-profile extras."""
+    (docs/algorithm.md §9) without the tiny-profile extras."""
     from common.policy import MRIGPolicy
     from common.policy.families import family_for
     from common.policy.lora import make_lora_config

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from common.bench.cli import bench_app
 
-SKELETON = "/work/shared/omniref/metadata/data_our_multibanana_skeleton.json"
+SKELETON = str(Path(__file__).resolve().parents[3] / "data" / "omniref" / "metadata" / "data_our_multibanana_skeleton.json")
 
 
 def test_stats_command_on_shipped_file():

@@ -10,7 +10,7 @@ import pytest
 from common.bench.loader import (BenchDataError, BenchSet, load_cases, load_metadata, load_train_records,
                                  metadata_stats, parse_record, resolve_image, role_of_path)
 
-OMNI = Path("/work/shared/omniref")
+OMNI = Path(__file__).resolve().parents[3] / "data" / "omniref"  # shipped in the repo (data/omniref/README.md)
 SKELETON = OMNI / "metadata" / "data_our_multibanana_skeleton.json"
 MIXTURE = OMNI / "metadata" / "data_our_multibanana_mixture_pose.json"
 TEN = {"subject", "subject_bg", "subject_style", "subject_pose", "subject_bg_style", "subject_lighting",
@@ -34,8 +34,8 @@ def test_skeleton_file_statistics_match_reference():
 
 def test_mixture_file_statistics():
     # The mixture file holds index 375 (subject, 6 refs) where the skeleton file holds index 405
-    # (subject_bg, 2 refs): REFERENCE's "swaps one item between subject and subject_bg". Hence its
-    # count distribution differs from the skeleton file's by one at 2 and 6.
+    # (subject_bg, 2 refs): the "one item swapped between subject and subject_bg" of docs/benchmark.md
+    # §2. Hence its count distribution differs from the skeleton file's by one at 2 and 6.
     st = metadata_stats(load_metadata(MIXTURE))
     assert st["n_cases"] == 396
     assert set(st["by_category"]) == TEN
