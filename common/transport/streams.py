@@ -175,15 +175,21 @@ class StreamQueue:
         return retry_on_oom(move, what=f"{self.name}.dead_letter", max_wait_s=self.oom_wait_s)
 
     def reclaim(self, consumer: str, count: int = 100, min_idle_ms: int | None = None,
-                max_claimed: int | None = None) -> tuple[list[Entry], list[Entry]]:
+                max_claimed: int | None = None, skip_own: bool = False) -> tuple[list[Entry], list[Entry]]:
         """Janitor: take over entries idle for `min_idle_ms` whose consumer went silent.
 
         Returns (reclaimed entries to process now, entries moved to the dead-letter stream). With
         `max_claimed`, stops once that many are claimed: a consumer that can only work on one
         takes one, and leaves the rest to the other consumers instead of hoarding them.
+
+        With `skip_own`, entries `consumer` itself holds are left alone: a generator whose group
+        waits long on its reward calls must not take its own in-flight task back and do it twice
+        (it finds its own leftovers with :meth:`own_pending` instead).
         """
         self.ensure_group()
         idle = self.claim_idle_ms if min_idle_ms is None else min_idle_ms
+        if skip_own:
+            return self._reclaim_others(consumer, count, idle, max_claimed)
         claimed, dead = [], []
         start = "0-0"
         while True:
@@ -205,6 +211,63 @@ class StreamQueue:
             if nxt == "0-0" or not items or (max_claimed is not None and len(claimed) >= max_claimed):
                 break
             start = nxt
+        return claimed, dead
+
+    def _reclaim_others(self, consumer: str, count: int, idle: int,
+                        max_claimed: int | None) -> tuple[list[Entry], list[Entry]]:
+        """XAUTOCLAIM cannot skip an owner, so: list the idle pending entries (XPENDING IDLE), keep
+        those another consumer holds, and XCLAIM them with the same idle bound. XCLAIM re-checks the
+        idle time atomically, so an entry its owner touched meanwhile is not taken."""
+        claimed, dead = [], []
+        pending = self._healing(lambda: self.r.xpending_range(self.stream, self.group, min="-", max="+",
+                                                              count=count, idle=idle))
+        for info in pending:
+            if _s(info["consumer"]) == consumer:
+                continue
+            eid = _s(info["message_id"])
+            got = self.r.xclaim(self.stream, self.group, consumer, idle, [eid])
+            if not got:
+                continue  # its owner touched it, another janitor took it, or it was deleted
+            for geid, f in got:
+                if f is None:
+                    self.r.xack(self.stream, self.group, geid)
+                    continue
+                entry = self._entry(geid, f, int(info["times_delivered"]) + 1)
+                if entry.deliveries > self.max_deliveries:
+                    self.dead_letter(entry, f"delivered {entry.deliveries} times (max {self.max_deliveries})")
+                    dead.append(entry)
+                else:
+                    claimed.append(entry)
+                    self._reclaimed.inc()
+            if max_claimed is not None and len(claimed) >= max_claimed:
+                break
+        return claimed, dead
+
+    def own_pending(self, consumer: str, count: int = 100, exclude: frozenset[str] | set[str] = frozenset()
+                    ) -> tuple[list[Entry], list[Entry]]:
+        """Entries delivered to `consumer` and not acked (its pending list), oldest first, except the
+        ids in `exclude` (what it is working on now): what a restarted consumer of the same name, or
+        one that gave a task up, left unfinished. Each is claimed again by `consumer` (XCLAIM counts a
+        delivery, so a task that kills its consumer every time ends in the dead-letter stream after
+        ``max_deliveries``). Returns (entries to process, entries dead-lettered)."""
+        self.ensure_group()
+        pending = self._healing(lambda: self.r.xpending_range(self.stream, self.group, min="-", max="+",
+                                                              count=count, consumername=consumer))
+        claimed, dead = [], []
+        for info in pending:
+            eid = _s(info["message_id"])
+            if eid in exclude:
+                continue
+            for geid, f in self.r.xclaim(self.stream, self.group, consumer, 0, [eid]):
+                if f is None:
+                    self.r.xack(self.stream, self.group, geid)
+                    continue
+                entry = self._entry(geid, f, int(info["times_delivered"]) + 1)
+                if entry.deliveries > self.max_deliveries:
+                    self.dead_letter(entry, f"delivered {entry.deliveries} times (max {self.max_deliveries})")
+                    dead.append(entry)
+                else:
+                    claimed.append(entry)
         return claimed, dead
 
     def _deliveries(self, eid: str) -> int:

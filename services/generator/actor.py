@@ -41,8 +41,10 @@ def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, pre
 
     A generator is disposable: if its process dies (kill -9, OOM) Ray restarts the actor (up to
     ``rl.generator_max_restarts`` times) and retries its ``run`` call on the new process, so the
-    loop goes on under the same consumer name; the task it held is reclaimed after
-    ``redis.claim_idle_ms`` (by it or another generator) and its group is counted once."""
+    loop goes on under the same consumer name. The new process first finishes the task the dead
+    one held (its own leftovers, services/generator/worker.py ``next_entry``); another generator
+    takes it over after ``redis.claim_idle_ms`` if the actor does not come back. Its group is
+    published once."""
     n = n or cfg.rl.num_generators
     dumped = cfg.model_dump(mode="json")
     out = []

@@ -69,7 +69,8 @@ class GeneratorWorker:
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self._reclaim_every_s = max(0.01, cfg.redis.claim_idle_ms / 2000)
-        self._next_reclaim = time.monotonic() + self._reclaim_every_s
+        self._next_reclaim = time.monotonic()  # due at once: a restarted generator first finishes what it held
+        self.held: set[str] = set()  # task entry ids this process took and has not acked or given up
         self.version = -1
         self.groups_done = 0
         self.refused_versions: set[int] = set()
@@ -112,23 +113,33 @@ class GeneratorWorker:
 
     # ---- one task ------------------------------------------------------------------------------
     def next_entry(self, block_ms: int | None = 500) -> Entry | None:
-        """The next task: a dead consumer's idle one first when the reclaim timer is due, else a new
-        one, else (stream empty) a reclaimed one.
+        """The next task: when the janitor timer is due, first this generator's own leftovers (its
+        pending tasks it is not working on: those a previous process of the same name held when it
+        died, or one it gave up on), then a dead consumer's idle one; else a new one, else (stream
+        empty) a reclaimed one.
 
         The janitor runs on a timer (every half ``claim_idle_ms``), not only when the stream is empty:
         under steady load ``read`` always returns new tasks, and a killed generator's task would sit
-        pending (holding an admission slot) until the run drains."""
+        pending (holding an admission slot) until the run drains. It never takes back a task this
+        generator is still working on (``skip_own``): while a reward replica is down its group waits
+        on retries longer than ``claim_idle_ms``, and retaking it would sample the group twice."""
         now = time.monotonic()
         if now >= self._next_reclaim:
             self._next_reclaim = now + self._reclaim_every_s
-            entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1)
+            entries, _dead = self.tasks.own_pending(self.id, exclude=self.held)
+            if not entries:
+                entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1, skip_own=True)
             if entries:
-                return entries[0]
+                return self._hold(entries[0])
         entries = self.tasks.read(self.id, count=1, block_ms=block_ms)
         if not entries:
-            entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1)
+            entries, _dead = self.tasks.reclaim(self.id, count=1, max_claimed=1, skip_own=True)
             self._next_reclaim = time.monotonic() + self._reclaim_every_s
-        return entries[0] if entries else None
+        return self._hold(entries[0]) if entries else None
+
+    def _hold(self, entry: Entry) -> Entry:
+        self.held.add(entry.id)
+        return entry
 
     def start(self, entry: Entry) -> _InFlight | None:
         """Sample the task's group and send it to the reward workers; bad tasks are dead-lettered."""
@@ -141,6 +152,7 @@ class GeneratorWorker:
                     for i, ref in enumerate(task.references)]
         except (CodecError, ValidationError, ImageError) as e:
             self.tasks.dead_letter(entry, f"bad task: {e}")
+            self.held.discard(entry.id)
             return None
         self.sync_weights(task.policy_version)  # between groups only: never mid-group
         t0 = time.perf_counter()
@@ -163,6 +175,7 @@ class GeneratorWorker:
                              n_refs=task.n_refs, timings={"sample": job.sample_s, "score": t2 - job.scored_at})
         self.groups.add({"header": header.model_dump_json()}, blob=blob, blob_key=header.blob_key)
         self.tasks.ack(job.entry)  # only now: the group is durably published
+        self.held.discard(job.entry.id)
         t3 = time.perf_counter()
         for phase, dt in (("sample", job.sample_s), ("score", t2 - job.scored_at), ("publish", t3 - t2)):
             M.PHASE_SECONDS.labels("generator", phase).observe(dt)
@@ -190,7 +203,9 @@ class GeneratorWorker:
                 try:
                     started = self.start(entry)
                 except WeightSyncError as e:
-                    log.warning("%s", e)  # the task stays pending; another try (or generator) picks it up
+                    # the task stays pending: the janitor's next round (own leftovers) or another generator retries it
+                    log.warning("%s", e)
+                    self.held.discard(entry.id)
             if pending is not None:
                 self.finish(pending)
             pending = started

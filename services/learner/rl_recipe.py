@@ -259,7 +259,9 @@ class RLRecipe:
             if not entries:
                 entries = self.groups.read(self.learner_id, count=n - len(out), block_ms=200)
             if not entries:
-                entries, _dead = self.groups.reclaim(self.learner_id, count=n - len(out))
+                # never its own entries: those are this batch's, in hand while it waits for the rest
+                # (retaking them counted each a `duplicate` whenever a batch took over claim_idle_ms)
+                entries, _dead = self.groups.reclaim(self.learner_id, count=n - len(out), skip_own=True)
             for e in entries:
                 g = self._accept(e, seen)
                 if g is not None:

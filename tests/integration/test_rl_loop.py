@@ -186,6 +186,60 @@ def test_dead_consumers_task_is_reclaimed_while_new_tasks_keep_arriving(redis_se
     assert pending["g-dead2"] == 2 and pending["g-live"] == 1
 
 
+def test_a_generator_slower_than_claim_idle_never_redoes_its_own_task(redis_server, tmp_path):
+    """Issue 20 (the reward-replica kill's duplicates): while a generator's group waits on its reward
+    calls longer than claim_idle_ms (retries while a replica is replaced), the janitor must not hand
+    the generator its own in-flight task back (it sampled and published that group twice), nor the
+    learner the groups of a batch it holds while it waits for the rest (each was counted
+    `duplicate`). One generator (a real worker on real Redis) scoring slower than claim_idle_ms,
+    the real learner: every group is published and consumed exactly once."""
+    import threading
+    import time
+
+    from services.generator.worker import GeneratorWorker
+
+    def slow_score(task, pngs):
+        time.sleep(0.6)  # 3x claim_idle_ms
+        return {"colour": [[0.5 + 0.01 * i] for i in range(len(pngs))]}
+
+    cfg = tiny_rl_cfg(redis_server, tmp_path, group_size=2, groups_per_step=2, total_steps=3, max_staleness=4)
+    cfg.redis.claim_idle_ms = 200
+    recipe = RLRecipe(cfg, cfg.redis.url, source()).setup()
+    stop = threading.Event()
+    worker = GeneratorWorker("g-0", cfg, cfg.redis.url, score_group=slow_score)
+    gen = threading.Thread(target=worker.run, args=(stop.is_set,), daemon=True)
+    gen.start()
+    try:
+        recipe.train(until=3)
+    finally:
+        stop.set()
+        gen.join(timeout=60)
+    audit = recipe.audit()
+    assert recipe.state.step == 3 and audit["consumed"] == 6, audit
+    assert audit["duplicate"] == 0, f"a group was taken back by its own holder and redone: {audit}"
+
+
+def test_a_restarted_generator_takes_back_what_it_held_at_once(redis_server, tmp_path):
+    """A generator process that died holding a task comes back under the same name (Ray restarts the
+    actor with the same arguments): its first task is the one it held, without waiting
+    claim_idle_ms for a janitor (30 s here), and a task it is working on is not handed out again."""
+    from services.generator.worker import GeneratorWorker
+    from services.learner.rl_recipe import task_queue
+    cfg = tiny_rl_cfg(redis_server, tmp_path)
+    cfg.redis.claim_idle_ms = 30_000
+    first = GeneratorWorker("g-0", cfg, cfg.redis.url, score_group=lambda task, pngs: {})
+    q = task_queue(first.r, first.keys, cfg.redis)
+    held = q.add({"task_id": "held"})
+    assert first.next_entry(block_ms=None).id == held  # ... and the process dies here
+    q.add({"task_id": "next"})
+    again = GeneratorWorker("g-0", cfg, cfg.redis.url, score_group=lambda task, pngs: {})
+    e = again.next_entry(block_ms=None)
+    assert (e.id, e.fields["task_id"], e.deliveries) == (held, "held", 2)
+    again._next_reclaim = 0.0  # the janitor is due again: the task in hand is not a leftover
+    nxt = again.next_entry(block_ms=None)
+    assert nxt.fields["task_id"] == "next" and again.held == {held, nxt.id}
+
+
 def test_resume_three_times_target_total_steps_and_one_history_record_per_step(ray_cluster, redis_server, tmp_path):
     """Issue 20 item 5: `steps` of run_rl (the CLIs' --steps) is the target total step; a resumed
     run starts (bar included, via on_ready) at its checkpoint's step; and a learner killed right
@@ -243,8 +297,10 @@ def test_kill_9_of_the_only_generator_twice_the_run_goes_on(ray_cluster, redis_s
         print(f"kill -9 after step {step}: step {step + 1} took {stamps[step + 1] - stamps[step]:.1f} s "
               f"(median step {normal:.1f} s): {stamps[step + 1] - stamps[step] - normal:.1f} s lost")
     audit = recipe.audit()
+    print(f"ledger: {audit}")
     assert audit["consumed"] == 8 * cfg.rl.groups_per_step
-    assert audit["dead_lettered"] == 0
+    # the restarted generator finishes the task its dead process held (own leftovers first), once
+    assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0, audit
     assert audit["admitted"] == audit["consumed"] + audit["dropped_stale"] + audit["in_flight"]
 
 
@@ -372,9 +428,8 @@ def test_kill_9_of_the_only_reward_replica_twice_the_run_goes_on(ray_cluster, re
               f"{stamps[step + 1] - stamps[step]:.1f} s (median step {normal:.1f} s): "
               f"{stamps[step + 1] - stamps[step] - normal:.1f} s lost")
     audit = recipe.audit()
-    # groups redone while the scorer was down (the generator's janitor retakes a task idle past
-    # claim_idle_ms) are recognised by id and counted `duplicate`, never consumed twice
     print(f"ledger: {audit}")
     assert audit["consumed"] == 8 * cfg.rl.groups_per_step
-    assert audit["dead_lettered"] == 0
+    # the group that waited on the dead replica is retried, not redone: nothing published twice
+    assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0, audit
     assert audit["admitted"] == audit["consumed"] + audit["dropped_stale"] + audit["in_flight"]

@@ -79,6 +79,44 @@ def test_poison_entry_ends_in_dead_letter_stream_after_n_tries(r, keys):
     assert dl["group_id"] == "poison" and "delivered 4 times" in dl["reason"]
 
 
+def test_janitor_with_skip_own_leaves_the_callers_own_slow_entry_and_takes_a_silent_peers(r, keys):
+    """A consumer whose work outlasts claim_idle_ms (a generator waiting on reward retries) must not
+    take its own entry back (that redid the group: a duplicate); a peer's idle entry it does take."""
+    q = _queue(r, keys)
+    mine = q.add({"task_id": "mine"})
+    assert [e.id for e in q.read("gen-a", count=1, block_ms=None)] == [mine]
+    time.sleep(0.08)  # idle past claim_idle_ms (50 ms)
+    assert q.reclaim("gen-a", skip_own=True) == ([], [])
+    assert q.reclaim("gen-a", min_idle_ms=50)[0][0].id == mine  # the plain janitor would retake it
+    theirs = q.add({"task_id": "theirs"})
+    assert [e.id for e in q.read("gen-b", count=1, block_ms=None)] == [theirs]
+    time.sleep(0.08)
+    claimed, dead = q.reclaim("gen-a", skip_own=True)
+    assert [e.id for e in claimed] == [theirs] and dead == []
+    assert claimed[0].deliveries == 2  # delivered to gen-b, then to gen-a
+    owners = {(c["name"].decode() if isinstance(c["name"], bytes) else c["name"]): c["pending"]
+              for c in r.xinfo_consumers(q.stream, q.group)}
+    assert owners == {"gen-a": 2, "gen-b": 0}
+
+
+def test_own_pending_returns_leftovers_except_the_ones_in_hand_and_counts_deliveries(r, keys):
+    """What a restarted consumer of the same name left unfinished comes back at once (no idle wait),
+    oldest first, without the entries it is working on; a leftover that keeps failing is
+    dead-lettered after max_deliveries like any other."""
+    q = _queue(r, keys, max_deliveries=3)
+    ids = [q.add({"task_id": f"t{i}"}) for i in range(3)]
+    assert [e.id for e in q.read("gen-0", count=3, block_ms=None)] == ids
+    got, dead = q.own_pending("gen-0", exclude={ids[1]})
+    assert [e.id for e in got] == [ids[0], ids[2]] and dead == []
+    assert [e.deliveries for e in got] == [2, 2]
+    assert q.own_pending("gen-other") == ([], [])
+    got, _ = q.own_pending("gen-0", exclude={ids[1], ids[2]})  # delivery 3 of t0: still allowed
+    assert [(e.id, e.deliveries) for e in got] == [(ids[0], 3)]
+    got, dead = q.own_pending("gen-0", exclude={ids[1], ids[2]})  # the 4th: dead-lettered
+    assert got == [] and [e.id for e in dead] == [ids[0]]
+    assert q.dead_letters() == 1 and q.pending() == 2
+
+
 def test_duplicate_group_is_counted_once(r, keys):
     q = _queue(r, keys)
     for _ in range(3):  # the same group published three times (e.g. a generator redid its task)
