@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -20,31 +21,33 @@ console = Console()
 ProfileOpt = typer.Option(None, "--config", "-c", help="Profile name in configs/ or a YAML path.")
 
 
-def _setup(profile: Optional[str], ray: bool):
+@contextmanager
+def _service(profile: Optional[str], ray: bool):
+    """One service's process: its config, Redis (embedded when none answers) and Ray (joined, or
+    local), torn down on exit. SIGTERM/SIGINT set the returned stop flag: the service's loop ends
+    between units of work, then :func:`services.local.local_stack` ends whatever this process started
+    (its embedded Redis, a local Ray; never Serve on a shared cluster), as `dyref train rl` does."""
     from common.cli import _load
     from common.metrics import serve_metrics
-    from common.transport import ensure_redis
+    from services.launch import StopFlag
+    from services.local import local_stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = _load(profile)
-    url, embedded = ensure_redis(cfg.redis)
     if cfg.metrics_port:
         serve_metrics(cfg.metrics_port, addr=cfg.metrics_host)
-    if ray:
-        from services.local import init_ray
-        init_ray(cfg.ray)
-    return cfg, url, embedded
+    stop = StopFlag()
+    with local_stack(cfg, with_ray=ray) as stack, stop.on_signals():
+        yield cfg, stack.redis_url, stop
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def rewards(profile: Optional[str] = ProfileOpt):
         """Deploy the reward application (one deployment per scorer) and keep it up until stopped."""
-        from services.launch import StopFlag, start_reward_app
-        cfg, _, _ = _setup(profile, ray=True)
-        start_reward_app(cfg)
-        console.print(f"reward app up: {sorted({c.scorer for c in cfg.rewards.components})}")
-        stop = StopFlag()
-        with stop.on_signals():
+        from services.launch import start_reward_app
+        with _service(profile, ray=True) as (cfg, _url, stop):
+            start_reward_app(cfg)
+            console.print(f"reward app up: {sorted({c.scorer for c in cfg.rewards.components})}")
             while not stop():
                 time.sleep(0.5)
 
@@ -56,20 +59,26 @@ def register(app: typer.Typer) -> None:
         import ray
 
         from services.generator.actor import start_generators
-        from services.launch import StopFlag
-        cfg, url, _ = _setup(profile, ray=True)
-        gpus = 1.0 if cfg.policy.device.startswith("cuda") else 0.0
-        gens = start_generators(cfg, url, n=replicas, prefix=prefix, num_gpus=gpus)
-        stop = StopFlag()
-        with stop.on_signals():
-            while not stop():
-                done, _ = ray.wait([r for _, r in gens], timeout=0.5)
-                if done:
-                    ray.get(done)  # surfaces the actor's error and exits non-zero
-                    raise typer.Exit(1)
-        for a, _ in gens:
-            a.stop.remote()
-        ray.get([r for _, r in gens], timeout=120)
+        with _service(profile, ray=True) as (cfg, url, stop):
+            gpus = 1.0 if cfg.policy.device.startswith("cuda") else 0.0
+            gens = start_generators(cfg, url, n=replicas, prefix=prefix, num_gpus=gpus)
+            try:
+                while not stop():
+                    done, _ = ray.wait([r for _, r in gens], timeout=0.5)
+                    if done:
+                        ray.get(done)  # surfaces the actor's error and exits non-zero
+                        raise typer.Exit(1)
+            finally:
+                # finish the group in hand (its task is acked, not left for a janitor), then end the
+                # actors: on a shared cluster they would otherwise outlive this process's restart
+                for a, _ in gens:
+                    a.stop.remote()
+                try:
+                    ray.get([r for _, r in gens], timeout=120)
+                except Exception as e:  # noqa: BLE001 - a dead actor's task is reclaimed by the others
+                    logging.getLogger("dyref.generator").warning("a generator did not stop cleanly: %s", e)
+                for a, _ in gens:
+                    ray.kill(a)
 
     @app.command()
     def learner(profile: Optional[str] = ProfileOpt,
@@ -79,18 +88,15 @@ def register(app: typer.Typer) -> None:
                 image_root: Optional[str] = typer.Option(None, help="Folder the records' paths are relative to."),
                 cases: int = typer.Option(256, help="Synthetic training cases when no --records.")):
         """Run the RL learner against the shared Redis (generators and rewards run elsewhere)."""
-        from services.launch import StopFlag
         from services.learner.cli import task_source_for
         from services.learner.rl_recipe import RLRecipe
-        cfg, url, _ = _setup(profile, ray=False)
-        recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
-        stop = StopFlag()
-        with stop.on_signals():
+        with _service(profile, ray=False) as (cfg, url, stop):
+            recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
             state = recipe.train(until=steps, should_stop=stop,
                                  on_step=lambda s: logging.getLogger("dyref.learner").info(
                                      "step %d v%d %s", s["step"], s["version"],
                                      {k: round(v, 4) for k, v in s.items() if k.startswith("reward/")}))
-        console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit()}))
+            console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit()}))
 
     @app.command()
     def audit(profile: Optional[str] = ProfileOpt, as_json: bool = typer.Option(False, "--json")):

@@ -381,11 +381,12 @@ def local_stack(cfg: DyRefConfig, with_ray: bool = True):
         try:
             if stack is not None and stack.ray_started:
                 import ray
-                try:
-                    from ray import serve
-                    serve.shutdown()
-                except Exception:
-                    pass
+                if not cfg.ray.address:  # our own cluster; on a shared one Serve belongs to everyone
+                    try:
+                        from ray import serve
+                        serve.shutdown()
+                    except Exception:
+                        pass
                 ray.shutdown()
             if server:
                 server.stop()

@@ -28,7 +28,9 @@ class EvaluatorActor:
         self._stop = False
 
     def run(self) -> int:
-        self._stop = False
+        # never reset the flag here: with two threads, a stop() sent while the actor was still
+        # starting can run before run() does, and resetting it left the loop running until the
+        # driver's 120 s join timed out (the RL driver's slow or hung SIGTERM shutdown, issue 20)
         return self.worker.run(lambda: self._stop)
 
     def stop(self) -> None:
