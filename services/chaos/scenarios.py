@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -92,6 +93,54 @@ def reward_replica_kill(workdir: Path, redis_url: str) -> Outcome:
     return _finish("reward-replica-kill", loop, cfg, t0,
                    f"kill -9 replica pid {pid}; Serve restarted it (pid {new_pid}); {errors:.0f} failed calls retried; "
                    f"{2 + taken}/5 steps", extra_ok=taken == 3 and new_pid not in (None, pid), failed_calls=errors)
+
+
+def _kill_twice(name: str, workdir: Path, redis_url: str, victim_pid: Callable[[Loop], int], what: str,
+                **cfg_kw) -> Outcome:
+    """Two start-up steps and three undisturbed ones, then per kill: kill -9 the victim and time the next three steps
+    against three undisturbed ones (groups already published hide a kill from the very next step).
+    The run must take all its steps with an exact ledger and nothing redone (the audit's
+    redelivered count stays 0)."""
+    t0 = time.monotonic()
+    cfg = chaos_cfg(redis_url, workdir, **cfg_kw)
+    loop = Loop(cfg, redis_url, generators=1)
+
+    def timed_step() -> float:
+        t = time.monotonic()
+        taken = loop.train(1)
+        return time.monotonic() - t if taken == 1 else float("inf")
+    loop.train(2)  # start-up (actors loading, first weights) is not a normal step
+    normal = [timed_step() for _ in range(3)]
+    lost, pids = [], []
+    for _ in range(2):
+        pids.append(victim_pid(loop))
+        kill_pid(pids[-1])
+        lost.append(sum(timed_step() for _ in range(3)))
+    base = statistics.median(normal)
+    lost = [round(h - 3 * base, 1) for h in lost]
+    steps = loop.recipe.state.step
+    out = _finish(name, loop, cfg, t0, f"kill -9 {what} twice (pids {pids}): {steps}/11 steps, time lost per kill "
+                  f"{lost} s (median step {base:.1f} s)", extra_ok=steps == 11, lost_s_per_kill=lost)
+    redone = out.audit.get("duplicate", 0)
+    if redone:
+        out.ok, out.outcome = False, out.outcome + f"; {redone} group(s) redone"
+    return out
+
+
+def generator_kill_twice(workdir: Path, redis_url: str) -> Outcome:
+    """Ray restarts the only generator (rl.generator_max_restarts); the new process finishes the task
+    the dead one held."""
+    return _kill_twice("generator-kill-twice", workdir, redis_url, lambda loop: actor_pid(loop.gens[0][0]),
+                       "the only generator")
+
+
+def reward_replica_kill_twice(workdir: Path, redis_url: str) -> Outcome:
+    """Serve replaces the only scorer replica; the generator retries its calls and keeps its task."""
+    def pid(_loop: Loop) -> int:
+        wait_until(lambda: len(replica_actors("rewards", "scorer-colour")) == 1, 120)
+        return actor_pid(replica_actors("rewards", "scorer-colour")[0])
+    return _kill_twice("reward-replica-kill-twice", workdir, redis_url, pid, "the only reward replica",
+                       rewards={"retries": 6, "timeout_s": 10})
 
 
 def learner_kill(workdir: Path, redis_url: str) -> Outcome:
@@ -337,6 +386,8 @@ def _ready(url: str) -> bool:
 SCENARIOS: dict[str, tuple[Callable[[Path, str], Outcome], bool, str]] = {
     "generator-kill": (generator_kill, True, "kill -9 a generator actor mid-group"),
     "reward-replica-kill": (reward_replica_kill, False, "kill -9 the reward Serve replica"),
+    "generator-kill-twice": (generator_kill_twice, False, "kill -9 the only generator, twice"),
+    "reward-replica-kill-twice": (reward_replica_kill_twice, False, "kill -9 the only reward replica, twice"),
     "learner-kill": (learner_kill, True, "kill -9 the learner process; resume from checkpoint"),
     "redis-restart-aof": (redis_restart_persistent, True, "kill -9 Redis with AOF fsync always; restart"),
     "redis-restart-volatile": (redis_restart_volatile, True, "restart Redis without persistence"),
