@@ -24,8 +24,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def one_arm(base, src: Path, plan, redis_url: str, steps: int, every: int, warmup: int) -> dict:
-    from services.demo import demo_config, eval_subset, make_data, rl_cases, rl_policy_config
-    from services.launch import run_rl
+    from dyref.demo import demo_config, eval_subset, make_data, rl_cases, rl_policy_config
+    from dyref.launch import run_rl
     from services.learner.tasks import TaskSource, TrainingCase
     train, test = make_data(plan)
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,8 +51,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
     from common.config import load_config
-    from services.demo import DemoPlan
-    from services.local import local_stack
+    from dyref.demo import DemoPlan
+    from dyref.local import local_stack
     src = Path(a.src)
     plan = DemoPlan.load(src)
     base = load_config("cpu-tiny")

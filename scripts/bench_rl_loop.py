@@ -1,7 +1,7 @@
 """Distributed RL loop vs a single-process synchronous loop (the paper's shape), same config, same box.
 
 (a) distributed: reward Serve app + generator actor(s) + learner, through Redis streams and the
-    weight store (services.launch.run_rl);
+    weight store (dyref.launch.run_rl);
 (b) synchronous: one process samples each group with the learner's own policy, scores it with the
     same scorer in-process, and runs the same update (RLRecipe.update) — no Ray, no transport.
 Both run the same number of learner steps; the first `--warmup` steps are excluded from the rate.
@@ -84,9 +84,9 @@ def main() -> None:
     import ray
     from common.config import RayConfig
     from common.transport import EmbeddedRedis
-    from services.launch import run_rl
+    from dyref.launch import run_rl
     from services.learner.tasks import TaskSource, synthetic_cases
-    from services.local import init_ray
+    from dyref.local import init_ray
     source = TaskSource(synthetic_cases(16, seed=5, size=64, ref_size=64, max_refs=3), seed=0)
     with EmbeddedRedis(data_dir=tempfile.mkdtemp(prefix="dyref-bench-"), appendonly=False) as server, \
             tempfile.TemporaryDirectory() as tmp:

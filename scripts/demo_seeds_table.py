@@ -22,7 +22,7 @@ def fmt(c: dict | None, signed: bool = False) -> str:
 
 
 def main(folders: list[str]) -> None:
-    from services.demo_report import gain_verdict
+    from dyref.demo_report import gain_verdict
     for folder in map(Path, folders):
         s = json.loads((folder / "summary.json").read_text())
         plan = json.loads((folder / "plan.json").read_text())

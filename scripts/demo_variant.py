@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--extra", action="append", default=[], help="dotted.config.path=python_literal (repeatable).")
     a = ap.parse_args()
     from common.config import load_config
-    from services.demo import DemoPlan, run_demo
-    from services.local import local_stack
+    from dyref.demo import DemoPlan, run_demo
+    from dyref.local import local_stack
     logging.basicConfig(level=logging.WARNING)
     src, out = Path(a.src), Path(a.out)
     base = DemoPlan.load(src)

@@ -166,7 +166,7 @@ def main() -> int:
     from common.config import load_config
     from common.transport import free_port
     from services.gateway.deployments import start_gateway
-    from services.local import local_stack
+    from dyref.local import local_stack
 
     cfg = load_config(args.config)
     cfg.gateway.queue_limit = args.queue_limit

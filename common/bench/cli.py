@@ -1,6 +1,6 @@
 """``dyref bench``: run, score and report OmniRef-Bench (or a synthetic one) for any policy.
 
-Mounted by common/cli.py as ``app.add_typer(bench_app, name="bench")``::
+Mounted by dyref/cli.py as ``app.add_typer(bench_app, name="bench")``::
 
     dyref bench stats METADATA
     dyref bench synthetic --out DIR --n 12

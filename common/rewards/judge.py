@@ -11,7 +11,8 @@ recorded as missing (None) — never as 0 (the paper's reward falls back to {"sc
 
 Backends (same `score(requests)` surface): LocalVLMJudge (transformers Qwen2.5-VL / Qwen3-VL,
 common/rewards/judge_local.py) and OpenAIJudge (any OpenAI-compatible endpoint,
-common/rewards/judge_openai.py); both importable from here.
+common/rewards/judge_openai.py), each in its own module (they import this one, never the other way);
+common.rewards.registry builds the one a config names.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from PIL import Image
 __all__ = [
     "DIMENSIONS", "ROLE_DIMENSION", "JudgeRequest", "JudgeError", "Part", "applicable_dimensions",
     "build_judge_parts", "dimension_rubric", "parse_judge_answer", "judge_mean", "JudgeBase",
-    "LocalVLMJudge", "OpenAIJudge", "build_judge",
 ]
 
 DIMENSIONS = ("text_adherence", "subject_consistency", "style_consistency", "lighting_consistency",
@@ -223,19 +223,3 @@ class JudgeBase:
 
     def score(self, requests: Sequence[JudgeRequest]) -> list[dict[str, float | None]]:
         return [self.score_one(r) for r in requests]
-
-
-def build_judge(rewards_cfg, **kw) -> JudgeBase:
-    """The judge backend a RewardsConfig names (same as registry.build_scorer("judge", ...))."""
-    from common.rewards.registry import build_scorer
-    return build_scorer("judge", rewards_cfg, **kw)
-
-
-def __getattr__(name):       # backends live in their own modules; import lazily (transformers/httpx)
-    if name == "LocalVLMJudge":
-        from common.rewards.judge_local import LocalVLMJudge
-        return LocalVLMJudge
-    if name == "OpenAIJudge":
-        from common.rewards.judge_openai import OpenAIJudge
-        return OpenAIJudge
-    raise AttributeError(name)

@@ -17,7 +17,7 @@ class GeneratorActor:
             from common.metrics import serve_metrics
             serve_metrics(metrics_port, addr=DyRefConfig.from_dict(cfg).metrics_host)
         from services.generator.worker import GeneratorWorker
-        from services.reward.client import RewardClient
+        from common.rewards.client import RewardClient
         self.cfg = DyRefConfig.from_dict(cfg)
         self.worker = GeneratorWorker(generator_id, self.cfg, redis_url, RewardClient(self.cfg.rewards))
         self._stop = False

@@ -26,7 +26,7 @@ from common.policy import GroupRollout, TrainableStateError, build_policy
 from common.policy.families import to_pil
 from common.schemas import GroupHeader, Task, group_id_for
 from common.transport import ChecksumError, Entry, Keys, WeightsMissing, WeightStore, connect
-from services.learner.rl_recipe import group_queue, task_queue
+from common.transport import group_queue, task_queue
 
 __all__ = ["GeneratorWorker", "WeightSyncError"]
 
@@ -51,7 +51,7 @@ class _InFlight:
 class GeneratorWorker:
     def __init__(self, generator_id: str, cfg: DyRefConfig, redis_url: str, score_group: Callable):
         """`score_group(task, images_png: list[bytes]) -> {reward name: [G][J] scores or None}`; a
-        client with ``submit``/``collect`` halves (services.reward.client.RewardClient) lets scoring
+        client with ``submit``/``collect`` halves (common.rewards.client.RewardClient) lets scoring
         overlap the next group's sampling."""
         self.id, self.cfg = generator_id, cfg
         self.policy = build_policy(cfg.policy).eval()

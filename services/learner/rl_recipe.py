@@ -28,25 +28,16 @@ from common.policy.sde import kl_std_dev_t, sde_step, step_std
 from common.rl import (EMA, BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, kl_penalty, ppo_loss,
                        version_lag)
 from common.schemas import GroupHeader, SamplingParams
-from common.transport import Entry, Keys, RedisFull, StreamQueue, WeightStore, connect, retry_on_oom
+from common.transport import (Entry, Keys, RedisFull, WeightStore, connect, group_queue, retry_on_oom,
+                              task_queue)
 from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.tasks import TaskSource
 
-__all__ = ["RLRecipe", "ConsumedGroup", "task_queue", "group_queue"]
+__all__ = ["RLRecipe", "ConsumedGroup"]
 
 log = logging.getLogger("dyref.learner")
 HISTORY_KEEP = 5000  # per-step scalars kept for reports (a soak run must not grow memory or checkpoints)
-
-
-def task_queue(r, keys: Keys, rc) -> StreamQueue:
-    return StreamQueue(r, keys, "tasks", "generators", max_deliveries=rc.max_deliveries,
-                       claim_idle_ms=rc.claim_idle_ms, maxlen=rc.stream_maxlen, blob_ttl_s=rc.blob_ttl_s)
-
-
-def group_queue(r, keys: Keys, rc) -> StreamQueue:
-    return StreamQueue(r, keys, "groups", "learner", max_deliveries=rc.max_deliveries,
-                       claim_idle_ms=rc.claim_idle_ms, maxlen=rc.stream_maxlen, blob_ttl_s=rc.blob_ttl_s)
 
 
 @dataclass

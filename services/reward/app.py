@@ -14,16 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from common.config import RewardsConfig
+from common.rewards.client import APP_NAME, deployment_name
 from common.schemas import ScoreRequest, ScoreResponse
 from services.reward.scoring import build_group_scorer
 
-__all__ = ["ScorerDeployment", "reward_app", "APP_NAME", "deployment_name"]
-
-APP_NAME = "rewards"
-
-
-def deployment_name(scorer: str) -> str:
-    return f"scorer-{scorer}"
+__all__ = ["ScorerDeployment", "reward_app"]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})

@@ -1,4 +1,4 @@
-"""`dyref cluster`: the compose file as services/cluster.py resolves it must equal what Docker
+"""`dyref cluster`: the compose file as dyref/cluster.py resolves it must equal what Docker
 Compose itself resolves (interpolation, profiles, anchors, dependencies); the Docker round trip
 runs where an engine answers (marked `docker`) and is skipped with the reason elsewhere."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dyref_promql import ROOT
-from services.cluster import ComposeError, interpolate, load_plan, parse_duration
+from dyref.cluster import ComposeError, interpolate, load_plan, parse_duration
 from test_deploy_compose import BIN, needs_compose
 
 
@@ -81,7 +81,7 @@ def _engine_answers() -> str | None:
 def test_cli_reports_a_missing_engine_clearly():
     if _engine_answers() is None:
         pytest.skip("a Docker engine answers here; this checks the message when none does")
-    from common.cli import app
+    from dyref.cli import app
     res = CliRunner().invoke(app, ["cluster", "status"])
     assert res.exit_code == 1 and "no Docker engine answers" in res.output
 
@@ -90,7 +90,7 @@ def test_cli_reports_a_missing_engine_clearly():
 @pytest.mark.skipif(_engine_answers() is not None, reason=str(_engine_answers()))
 def test_cluster_up_status_down_round_trip():
     """Build the CPU image, start the whole CPU stack, wait until healthy, reach the gateway, tear down."""
-    from services.cluster import down, status, up
+    from dyref.cluster import down, status, up
     down(volumes=True, log=lambda _: None)
     try:
         rows = up("cpu", timeout_s=900)

@@ -160,7 +160,7 @@ def test_service_commands_exist_in_the_cli():
     """Every `dyref <command>` the compose file and the chart run is a command of the CLI."""
     from typer.main import get_command
 
-    from common.cli import app
+    from dyref.cli import app
     cli = get_command(app)
     wanted = set()
     for s in yaml.safe_load(COMPOSE.read_text())["services"].values():

@@ -8,7 +8,7 @@ def ray_cluster():
     from ray import serve
 
     from common.config import RayConfig
-    from services.local import init_ray
+    from dyref.local import init_ray
     init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
     yield
     serve.shutdown()

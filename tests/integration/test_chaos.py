@@ -1,4 +1,4 @@
-"""The chaos scenarios (services.chaos) through the real stack: Redis, Ray actors, Serve, a learner.
+"""The chaos scenarios (dyref.chaos) through the real stack: Redis, Ray actors, Serve, a learner.
 
 Each scenario is bounded in time and ends in the exact ledger check (audit + an independent walk
 over every admitted task id): zero lost, zero double-counted groups. The scenarios that fit the CI
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.chaos.scenarios import SCENARIOS, run_scenario
+from dyref.chaos.scenarios import SCENARIOS, run_scenario
 
 pytestmark = pytest.mark.integration
 

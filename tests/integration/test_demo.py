@@ -6,8 +6,8 @@ import json
 import pytest
 
 from common.config import load_config
-from services.demo import run_ablation, run_demo
-from services.demo_cli import QUICK
+from dyref.demo import run_ablation, run_demo
+from dyref.demo_cli import QUICK
 
 pytestmark = pytest.mark.integration
 

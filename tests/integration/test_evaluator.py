@@ -55,7 +55,7 @@ def test_evaluates_every_n_versions_exports_and_records(redis_server):
 
 
 def test_evaluator_actor_follows_a_real_rl_run(ray_cluster, redis_server, tmp_path):
-    from services.launch import run_rl
+    from dyref.launch import run_rl
     from services.learner.tasks import TaskSource, synthetic_cases
     cfg = cfg_for(redis_server, total_steps=6, eval_every=2, checkpoint_dir=str(tmp_path / "rl"),
                   group_size=4, groups_per_step=2)

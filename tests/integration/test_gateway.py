@@ -64,7 +64,7 @@ def gw(redis_server, tmp_path_factory):
     from common.config import GatewayConfig, PolicyConfig, RayConfig, RedisConfig
     from common.transport import Keys, connect, free_port
     from services.gateway.deployments import gateway_app, start_gateway
-    from services.local import init_ray
+    from dyref.local import init_ray
 
     torch.set_num_threads(1)
     keys = Keys(namespace=f"tgw{os.getpid()}{int(time.time()) % 100000}")
@@ -337,7 +337,7 @@ def test_health_and_docs(gw):
 def test_cli_generate(gw, tmp_path):
     from typer.testing import CliRunner
 
-    from services.gateway.cli import gateway_app
+    from dyref.gateway_commands import gateway_app
     refs = [f"{r['role']}:{EXAMPLES / r['path']}" for r in CASES[2]["references"]]
     args = ["generate", "--prompt", CASES[2]["prompt"], "--url", gw.url, "-o", str(tmp_path / "out.png"), "--n", "2",
             "--seed", "5"]

@@ -23,7 +23,7 @@ import json, os, time
 import ray  # first, as `dyref` and Serve do: Ray reads its constants now
 import psutil
 from common.config import RayConfig
-from services.local import init_ray
+from dyref.local import init_ray
 init_ray(RayConfig(num_cpus=1, object_store_memory_mb=100))
 
 @ray.remote

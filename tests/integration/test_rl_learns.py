@@ -13,7 +13,7 @@ import pytest
 
 from common.config import load_config
 from common.synthetic.evaluation import paired_difference
-from services.demo import DemoPlan, run_ablation
+from dyref.demo import DemoPlan, run_ablation
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from common.config import load_config
-from services.launch import run_rl, wait_for
+from dyref.launch import run_rl, wait_for
 from services.learner.rl_recipe import RLRecipe
 from services.learner.tasks import TaskSource, synthetic_cases
 
@@ -75,7 +75,7 @@ def test_reward_rises_versions_flow_and_groups_count_once(ray_cluster, redis_ser
 def test_killed_generator_task_is_redone_once_and_learner_resumes(ray_cluster, redis_server, tmp_path):
     import ray
     from services.generator.actor import start_generators
-    from services.launch import start_reward_app
+    from dyref.launch import start_reward_app
     cfg = tiny_rl_cfg(redis_server, tmp_path, total_steps=1000)
     start_reward_app(cfg)
     recipe = RLRecipe(cfg, cfg.redis.url, source()).setup()
@@ -150,7 +150,7 @@ def test_dead_consumers_task_is_reclaimed_while_new_tasks_keep_arriving(redis_se
     import time
 
     from services.generator.worker import GeneratorWorker
-    from services.learner.rl_recipe import task_queue
+    from common.transport import task_queue
     cfg = tiny_rl_cfg(redis_server, tmp_path)
     cfg.redis.claim_idle_ms = 300
     worker = GeneratorWorker("g-live", cfg, cfg.redis.url, score_group=lambda task, pngs: {})
@@ -224,7 +224,7 @@ def test_a_restarted_generator_takes_back_what_it_held_at_once(redis_server, tmp
     actor with the same arguments): its first task is the one it held, without waiting
     claim_idle_ms for a janitor (30 s here), and a task it is working on is not handed out again."""
     from services.generator.worker import GeneratorWorker
-    from services.learner.rl_recipe import task_queue
+    from common.transport import task_queue
     cfg = tiny_rl_cfg(redis_server, tmp_path)
     cfg.redis.claim_idle_ms = 30_000
     first = GeneratorWorker("g-0", cfg, cfg.redis.url, score_group=lambda task, pngs: {})
@@ -327,7 +327,7 @@ def test_groups_of_steps_lost_with_a_dead_learner_are_rolled_back_and_readmitted
     from common.transport import Keys
     from services.generator.worker import GeneratorWorker
     from services.learner.audit import read_audit
-    from services.learner.cli import task_source_for
+    from dyref.train_commands import task_source_for
 
     def score(task, pngs):
         time.sleep(0.5)  # a paced generator: the learner waits for groups, so the kill lands within a step
@@ -353,7 +353,7 @@ def test_groups_of_steps_lost_with_a_dead_learner_are_rolled_back_and_readmitted
         lost = 0
         for died_after in (3, 5):  # checkpoints at 2 and 4: the step after each dies with the learner
             before = RLRecipe(cfg, cfg.redis.url, new_source()).setup().audit()
-            proc = subprocess.Popen([sys.executable, "-m", "common.cli", "learner", "-c", str(conf), "--steps", "100",
+            proc = subprocess.Popen([sys.executable, "-m", "dyref.cli", "learner", "-c", str(conf), "--steps", "100",
                                      "--cases", "4"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                     stderr=open(tmp_path / f"learner-{died_after}.log", "wb"))
             deadline = time.monotonic() + 300

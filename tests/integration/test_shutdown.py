@@ -40,7 +40,7 @@ def _env(tmp_path: Path) -> dict:
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
     path = tmp_path / f"dyref-{time.monotonic_ns()}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "common.cli", *args], cwd=tmp_path, env=_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "dyref.cli", *args], cwd=tmp_path, env=_env(tmp_path),
                             stdout=open(path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     proc.log_path = path
     proc.restart = lambda: _start(tmp_path, *args)

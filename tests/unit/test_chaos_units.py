@@ -6,7 +6,7 @@ import math
 import pytest
 
 from services.learner.audit import RedisStateLost, check_ledger
-from services.reward.client import clean_table
+from common.rewards.client import clean_table
 from services.reward.scoring import with_fault
 
 

@@ -6,7 +6,7 @@ upper bound is at most +0.01.
 """
 from __future__ import annotations
 
-from services.demo_report import ablation_verdicts, gain_verdict
+from dyref.demo_report import ablation_verdicts, gain_verdict
 
 
 def cell(lo, hi, n=64):

@@ -3,7 +3,7 @@ import json
 
 from typer.testing import CliRunner
 
-from common.cli import app
+from dyref.cli import app
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ from typing import Callable
 import psutil
 
 from common.transport import Keys, connect, free_port
-from services.chaos.harness import Loop, actor_pid, chaos_cfg, ledger, own_redis, replica_actors, wait_until
+from dyref.chaos.harness import Loop, actor_pid, chaos_cfg, ledger, own_redis, replica_actors, wait_until
 
 __all__ = ["run_soak", "stack_processes"]
 
@@ -76,7 +76,7 @@ def _rss_mb(pids: dict[str, int]) -> dict[str, float | None]:
 def run_soak(minutes: float, workdir: Path, generate: bool = True, sample_s: float = 60.0,
              log: Callable[[str], None] = print) -> dict:
     from common.config import RayConfig
-    from services.local import init_ray
+    from dyref.local import init_ray
     init_ray(RayConfig(num_cpus=3, object_store_memory_mb=128))
     requests = {"ok": 0, "errors": 0}
     with own_redis(workdir, maxmemory_mb=512) as server:

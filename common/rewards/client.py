@@ -1,4 +1,6 @@
-"""The generator's side of the reward workers: one async call per reward component, with retries."""
+"""The reward service's client (what a generator calls): one async call per reward component, with
+retries. The service's address on Ray Serve (its application and deployment names) is defined here,
+the one place both sides read it: services/reward/app.py deploys under these names."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +12,14 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from common import metrics as M
 from common.config import RewardComponent, RewardsConfig
 from common.schemas import ScoreRequest, Task, group_id_for
-from services.reward.app import APP_NAME, deployment_name
+__all__ = ["RewardClient", "comparison_images", "RewardCallError", "clean_table", "APP_NAME", "deployment_name"]
 
-__all__ = ["RewardClient", "comparison_images", "RewardCallError", "clean_table"]
+APP_NAME = "rewards"
+
+
+def deployment_name(scorer: str) -> str:
+    """The Serve deployment that runs one scorer."""
+    return f"scorer-{scorer}"
 
 log = logging.getLogger("dyref.reward.client")
 

@@ -1,7 +1,7 @@
 """`dyref gateway serve` (the HTTP gateway on Ray Serve) and `dyref generate` (its client).
 
-``dyref generate`` is also registered at the top level of the `dyref` command when this module is
-mounted by common.cli, so ``dyref generate --prompt ... --ref subject:a.png -o out.png`` works.
+dyref.cli also registers ``generate`` at the top level, so ``dyref generate --prompt ... --ref
+subject:a.png -o out.png`` works.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def serve(profile: Optional[str] = typer.Option(None, "--config", "-c", help="Pr
           host: Optional[str] = typer.Option(None, help="Bind address (default: ray.serve_http_host)."),
           port: Optional[int] = typer.Option(None, help="Port (default: ray.serve_http_port).")):
     """Run the gateway (Redis embedded if none answers, local Ray unless ray.address) until Ctrl-C."""
-    from common.cli import _load
+    from dyref.options import load_profile
     from services.gateway.deployments import start_gateway
-    from services.local import local_stack
-    cfg = _load(profile)
+    from dyref.local import local_stack
+    cfg = load_profile(profile)
     with local_stack(cfg) as stack:
         h, p = host or cfg.ray.serve_http_host, port or cfg.ray.serve_http_port
         start_gateway(cfg.gateway, cfg.policy, cfg.redis, stack.redis_url, host=h, port=p)
@@ -75,13 +75,3 @@ def generate(prompt: str = typer.Option(..., "--prompt", "-p", help="What to gen
     paths = save_images(resp, out)
     sys.stdout.write(json.dumps({"id": resp["id"], "policy_version": resp.get("policy_version"),
                                  "files": [str(p) for p in paths], "timings": resp.get("timings", {})}) + "\n")
-
-
-def _register_top_level() -> None:
-    # `dyref generate` at the top level, when common.cli mounts this module (see module docstring)
-    root = getattr(sys.modules.get("common.cli"), "app", None)
-    if root is not None and not any(c.name == "generate" for c in root.registered_commands):
-        root.command("generate", help="Generate images through a running gateway (same as `dyref gateway generate`).")(generate)
-
-
-_register_top_level()

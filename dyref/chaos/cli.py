@@ -42,7 +42,7 @@ def render_table(outcomes) -> Table:
 @chaos_app.command("list")
 def list_scenarios():
     """The scenarios, whether CI runs them, and what they do."""
-    from services.chaos.scenarios import SCENARIOS
+    from dyref.chaos.scenarios import SCENARIOS
     for name, (_fn, ci, what) in SCENARIOS.items():
         console.print(f"{name:24s} {'ci ' if ci else 'slow'}  {what}")
 
@@ -55,8 +55,8 @@ def run(scenario: list[str] = typer.Option([], "--scenario", "-s", help="Scenari
     """Run scenarios on a private Redis and a loopback Ray; exit 1 if any lost or double-counted a group."""
     from common.config import RayConfig
     from common.transport import EmbeddedRedis
-    from services.chaos.scenarios import SCENARIOS, run_scenario
-    from services.local import init_ray
+    from dyref.chaos.scenarios import SCENARIOS, run_scenario
+    from dyref.local import init_ray
     logging.basicConfig(level=logging.WARNING)
     names = scenario or [n for n, (_f, in_ci, _w) in SCENARIOS.items() if in_ci or not ci]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -88,7 +88,7 @@ def soak(minutes: float = typer.Option(30.0, help="How long to run."),
          workdir: Optional[str] = typer.Option(None, help="Scratch folder; default: a temp dir."),
          sample_s: float = typer.Option(60.0, help="Seconds between memory samples.")):
     """Continuous tiny training (+ /generate load); prints start/end RSS of every process and Redis memory."""
-    from services.chaos.soak import run_soak
+    from dyref.chaos.soak import run_soak
     logging.basicConfig(level=logging.WARNING)
     report = run_soak(minutes, Path(workdir or tempfile.mkdtemp(prefix="dyref-soak-")), generate=generate,
                       sample_s=sample_s, log=console.print)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from common.config import DyRefConfig
-from services.demo import ABLATION_VARIANTS, DemoPlan, demo_config, run_ablation, run_demo
+from dyref.demo import ABLATION_VARIANTS, DemoPlan, demo_config, run_ablation, run_demo
 
 console = Console()
 QUICK = DemoPlan(n_train=64, n_test=16, sft_steps=8, sft_eval_every=4, rl_steps=3, eval_steps=4, eval_subset=8,
@@ -28,7 +28,7 @@ def _plan_for(out: Path, quick: bool, seed: int = 0) -> DemoPlan:
 
 
 def run_demo_command(cfg: DyRefConfig, out: str, quick: bool, serve_seconds: float, port: int, seed: int = 0) -> None:
-    from services.local import local_stack
+    from dyref.local import local_stack
     logging.basicConfig(level=logging.WARNING)
     out_dir = Path(out)
     plan = _plan_for(out_dir, quick, seed)
@@ -49,10 +49,10 @@ def run_demo_command(cfg: DyRefConfig, out: str, quick: bool, serve_seconds: flo
 
 def _serve(cfg: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seconds: float, port: int) -> None:
     """Serve the final RL policy (the newest weights the learner published) and show how to call it."""
-    from services.demo import rl_policy_config
+    from dyref.demo import rl_policy_config
     from services.gateway.client import GatewayClient
     from services.gateway.deployments import start_gateway
-    from services.launch import StopFlag, wait_for
+    from dyref.launch import StopFlag, wait_for
     dcfg = rl_policy_config(demo_config(cfg, out, plan), out / "sft" / "trainable.safetensors")
     start_gateway(dcfg.gateway, dcfg.policy, dcfg.redis, redis_url, host="127.0.0.1", port=port)
     url = f"http://127.0.0.1:{port}"
@@ -99,7 +99,7 @@ def _serve(cfg: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seconds:
 
 def run_ablation_command(cfg: DyRefConfig, out: str, quick: bool, seeds: list[int], variants: list[str],
                          rl_steps: int | None = None) -> None:
-    from services.local import local_stack
+    from dyref.local import local_stack
     unknown = [v for v in variants if v not in ABLATION_VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variant(s) {unknown}; expected some of {', '.join(ABLATION_VARIANTS)}")

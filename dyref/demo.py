@@ -195,7 +195,7 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
     from common.rewards.registry import build_scorer
     from common.synthetic import chance_levels
     from common.synthetic.evaluation import METRICS, evaluate_policy, paired_difference, summarise
-    from services.launch import run_rl
+    from dyref.launch import run_rl
     from services.learner.tasks import TaskSource, TrainingCase
 
     torch.set_num_threads(1)
@@ -273,7 +273,7 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
     summary["drs_tau"] = state.drs_tau
     summary["workers"] = statuses
     summary["sft_history"] = [r for r in sft.state.history if any(k.startswith("eval/") for k in r)]
-    from services.demo_report import write_demo_report
+    from dyref.demo_report import write_demo_report
     write_demo_report(out, summary, state.history, eval_history, plan, test, images)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -301,7 +301,7 @@ def run_ablation(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, s
     import torch
 
     from common.synthetic.evaluation import evaluate_policy
-    from services.launch import run_rl
+    from dyref.launch import run_rl
     from services.learner.tasks import TaskSource, TrainingCase
 
     torch.set_num_threads(1)
@@ -338,6 +338,6 @@ def run_ablation(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, s
             run_json = run_dir / "run.json"
             if run_json.is_file():
                 walls.setdefault(name, []).append(json.loads(run_json.read_text())["seconds"])
-    from services.demo_report import write_ablation_report
+    from dyref.demo_report import write_ablation_report
     write_ablation_report(out, results, plan, seeds, walls)
     return results

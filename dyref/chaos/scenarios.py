@@ -1,5 +1,5 @@
 """The chaos scenarios: one fault each on the local stack, each bounded in time, each ending in the
-ledger check of services.chaos.harness. ``SCENARIOS`` maps name -> (function, runs in CI, what).
+ledger check of dyref.chaos.harness. ``SCENARIOS`` maps name -> (function, runs in CI, what).
 
 Every function takes (workdir, redis_url) - the shared Redis for scenarios that leave Redis alone;
 scenarios that restart, fill or break Redis start their own - and returns an Outcome.
@@ -26,7 +26,7 @@ import yaml
 
 from common import metrics as M
 from common.transport import Keys, connect, free_port
-from services.chaos.harness import (Loop, Outcome, actor_pid, chaos_cfg, counter_value, kill_pid, ledger, own_redis,
+from dyref.chaos.harness import (Loop, Outcome, actor_pid, chaos_cfg, counter_value, kill_pid, ledger, own_redis,
                                     replica_actors, small_source, wait_until)
 
 __all__ = ["SCENARIOS", "run_scenario"]
@@ -152,7 +152,7 @@ def learner_kill(workdir: Path, redis_url: str) -> Outcome:
     r = connect(redis_url, cfg.redis)
     keys, gps = Keys(cfg.redis.namespace), cfg.rl.groups_per_step
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "common.cli", "learner", "-c", str(path)]
+    cmd = [sys.executable, "-m", "dyref.cli", "learner", "-c", str(path)]
     loop = Loop(cfg, redis_url, generators=2, learner=False)
     consumed = lambda: int(r.hget(keys.audit, "consumed") or 0)  # noqa: E731
     ckpt = Path(cfg.rl.checkpoint_dir) / "latest"
@@ -295,7 +295,7 @@ def weight_checksum(workdir: Path, redis_url: str) -> Outcome:
     """A published weight blob is corrupted: the generator refuses it, keeps serving the previous
     version, and raises dyref_weight_load_failures{reason="checksum"}; the next good version loads."""
     from services.generator.worker import GeneratorWorker
-    from services.reward.client import RewardClient
+    from common.rewards.client import RewardClient
     t0 = time.monotonic()
     cfg = chaos_cfg(redis_url, workdir)
     loop = Loop(cfg, redis_url, generators=1)

@@ -30,7 +30,7 @@ from typing import Iterator
 from common.config import DyRefConfig, load_config
 from common.schemas import GroupHeader, group_id_for
 from common.transport import EmbeddedRedis, Keys
-from services.launch import wait_for as wait_until  # the one polling helper, re-exported for scenarios
+from dyref.launch import wait_for as wait_until  # the one polling helper, re-exported for scenarios
 from services.learner.audit import read_audit
 
 __all__ = ["Outcome", "chaos_cfg", "ledger", "own_redis", "Loop", "actor_pid", "kill_pid", "replica_actors",
@@ -175,7 +175,7 @@ class Loop:
 
     def __init__(self, cfg: DyRefConfig, redis_url: str, generators: int = 2, learner: bool = True):
         from services.generator.actor import start_generators
-        from services.launch import start_reward_app
+        from dyref.launch import start_reward_app
         from services.learner.rl_recipe import RLRecipe
         self.cfg, self.url = cfg, redis_url
         start_reward_app(cfg)  # redeploys the app with this scenario's reward settings

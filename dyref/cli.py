@@ -9,7 +9,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from common.config import ConfigError, load_config
+from dyref.options import ProfileOpt, load_profile
 
 app = typer.Typer(help="DyRef: multi-reference image generation, SFT + online RL with DAR and DRS.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -17,23 +17,12 @@ config_app = typer.Typer(help="Inspect the configuration tree.", no_args_is_help
 app.add_typer(config_app, name="config")
 console = Console()
 
-ProfileOpt = typer.Option(None, "--config", "-c", help="Profile name in configs/ or a YAML path (default: $DYREF_PROFILE or cpu-tiny).")
-
-
-def _load(profile: Optional[str]):
-    try:
-        return load_config(profile)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
-
-
 @config_app.command("show")
 def config_show(profile: Optional[str] = ProfileOpt,
                 section: Optional[str] = typer.Option(None, "--section", "-s", help="Only this section, e.g. rl or rl.dar."),
                 as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML.")):
     """Print the resolved configuration (profile + DYREF_* overrides)."""
-    data = _load(profile).model_dump(mode="json")
+    data = load_profile(profile).model_dump(mode="json")
     for part in (section.split(".") if section else []):
         if not isinstance(data, dict) or part not in data:
             console.print(f"[red]no section {section!r}[/red]")
@@ -47,8 +36,8 @@ def up(profile: Optional[str] = ProfileOpt,
        hold: bool = typer.Option(False, help="Keep the stack running until Ctrl-C."),
        ray: bool = typer.Option(True, help="Start a local Ray as well as Redis.")):
     """Bring up the local stack (Redis, embedded if none answers; Ray) and print its health."""
-    from services.local import local_stack
-    cfg = _load(profile)
+    from dyref.local import local_stack
+    cfg = load_profile(profile)
     with local_stack(cfg, with_ray=ray) as stack:
         health = stack.health()
         console.print_json(json.dumps(health))
@@ -72,8 +61,8 @@ def demo(profile: Optional[str] = ProfileOpt,
          serve_seconds: float = typer.Option(-1, help="Serve /generate this long after the report (-1: until Ctrl-C, 0: not at all)."),
          port: int = typer.Option(8000, help="Port of the /generate gateway.")):
     """The main job: tiny policy -> SFT -> RL (DAR + DRS, distributed) -> held-out report -> /generate."""
-    from services.demo_cli import run_demo_command
-    run_demo_command(_load(profile), out, quick, serve_seconds, port, seed=seed)
+    from dyref.demo_cli import run_demo_command
+    run_demo_command(load_profile(profile), out, quick, serve_seconds, port, seed=seed)
 
 
 @app.command("demo-ablation")
@@ -82,34 +71,30 @@ def demo_ablation(profile: Optional[str] = ProfileOpt,
                   quick: bool = typer.Option(False, help="Tiny sizes: a smoke run of the same path."),
                   seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
                   variants: str = typer.Option("grpo,gdpo,gdpo+drs,gdpo+dar,gdpo+drs+dar,shuffled",
-                                               help="Comma-separated variants (see services.demo.ABLATION_VARIANTS)."),
+                                               help="Comma-separated variants (see dyref.demo.ABLATION_VARIANTS)."),
                   rl_steps: Optional[int] = typer.Option(None, min=1, help="Learner steps of every variant (the same budget for all; default: the demo's).")):
     """RL variants (GRPO, GDPO, +DRS, +DAR, +both, shuffled-advantage control) from the same SFT weights, several
     seeds; paired per-case differences against GDPO by reference count."""
-    from services.demo_cli import run_ablation_command
-    run_ablation_command(_load(profile), out, quick, [int(s) for s in seeds.split(",")], variants.split(","), rl_steps)
+    from dyref.demo_cli import run_ablation_command
+    run_ablation_command(load_profile(profile), out, quick, [int(s) for s in seeds.split(",")], variants.split(","), rl_steps)
 
 
-def _mount_optional() -> None:
-    # Sub-apps live beside the code they drive; they are mounted when present.
-    import importlib
-    for mod, attr, name in (("common.bench.cli", "bench_app", "bench"), ("services.learner.cli", "train_app", "train"),
-                            ("common.policy.cli", "adapter_app", "adapter"), ("services.gateway.cli", "gateway_app", "gateway"),
-                            ("services.cluster", "cluster_app", "cluster"), ("services.chaos.cli", "chaos_app", "chaos")):
-        try:
-            sub = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError):
-            continue
-        app.add_typer(sub, name=name)
+# Every sub-command group is mounted explicitly: a module that fails to import (a missing dependency,
+# a bug) stops the command line with its error instead of silently removing its commands. Heavy
+# imports (torch, Ray) stay inside the commands, so `dyref --help` is quick.
+from common.bench.cli import bench_app  # noqa: E402
+from common.policy.cli import adapter_app  # noqa: E402
+from dyref.chaos.cli import chaos_app  # noqa: E402
+from dyref.cluster import cluster_app  # noqa: E402
+from dyref.gateway_commands import gateway_app, generate  # noqa: E402
+from dyref.service_commands import register as _register_services  # noqa: E402
+from dyref.train_commands import train_app  # noqa: E402
 
-
-_mount_optional()
-try:
-    from services.cli import register as _register_services
-except ImportError:  # pragma: no cover - services are part of the distribution
-    _register_services = None
-if _register_services:
-    _register_services(app)
+for _sub, _name in ((bench_app, "bench"), (train_app, "train"), (adapter_app, "adapter"), (gateway_app, "gateway"),
+                    (cluster_app, "cluster"), (chaos_app, "chaos")):
+    app.add_typer(_sub, name=_name)
+_register_services(app)
+app.command("generate", help="Generate images through a running gateway (same as `dyref gateway generate`).")(generate)
 
 if __name__ == "__main__":
     app()

@@ -32,12 +32,12 @@ def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help=
              cases: int = typer.Option(256, help="Synthetic training cases when no --records."),
              generators: Optional[int] = typer.Option(None, help="Generator actors (default: rl.num_generators).")):
     """Start everything on this machine (Redis, Ray, reward app, generators, learner) and train."""
-    from common.cli import _load
+    from dyref.options import load_profile
     from common.metrics import serve_metrics
-    from services.launch import StopFlag, run_rl
-    from services.local import local_stack
+    from dyref.launch import StopFlag, run_rl
+    from dyref.local import local_stack
     logging.basicConfig(level=logging.WARNING)
-    cfg = _load(profile)
+    cfg = load_profile(profile)
     source = task_source_for(cfg, records, image_root, cases, cfg.rl.seed)
     stop = StopFlag()
     with local_stack(cfg) as stack, stop.on_signals():
@@ -78,13 +78,13 @@ def train_sft(profile: Optional[str] = typer.Option(None, "--config", "-c", help
     """Stage 1: flow-matching SFT; writes <output_dir>/adapter (the RL stage's policy.lora.init_adapter)."""
     import torch
 
-    from common.cli import _load
+    from dyref.options import load_profile
     from services.learner.sft_recipe import SFTRecipe
     from services.learner.tasks import record_cases, synthetic_cases
     logging.basicConfig(level=logging.WARNING)
     if threads:
         torch.set_num_threads(threads)
-    cfg = _load(profile)
+    cfg = load_profile(profile)
     sft = cfg.sft.model_copy(update={"output_dir": output_dir}) if output_dir else cfg.sft
     if records:
         if not image_root:

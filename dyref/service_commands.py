@@ -18,21 +18,21 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-ProfileOpt = typer.Option(None, "--config", "-c", help="Profile name in configs/ or a YAML path.")
+from dyref.options import ProfileOpt
 
 
 @contextmanager
 def _service(profile: Optional[str], ray: bool):
     """One service's process: its config, Redis (embedded when none answers) and Ray (joined, or
     local), torn down on exit. SIGTERM/SIGINT set the returned stop flag: the service's loop ends
-    between units of work, then :func:`services.local.local_stack` ends whatever this process started
+    between units of work, then :func:`dyref.local.local_stack` ends whatever this process started
     (its embedded Redis, a local Ray; never Serve on a shared cluster), as `dyref train rl` does."""
-    from common.cli import _load
+    from dyref.options import load_profile
     from common.metrics import serve_metrics
-    from services.launch import StopFlag
-    from services.local import local_stack
+    from dyref.launch import StopFlag
+    from dyref.local import local_stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = _load(profile)
+    cfg = load_profile(profile)
     if cfg.metrics_port:
         serve_metrics(cfg.metrics_port, addr=cfg.metrics_host)
     stop = StopFlag()
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def rewards(profile: Optional[str] = ProfileOpt):
         """Deploy the reward application (one deployment per scorer) and keep it up until stopped."""
-        from services.launch import start_reward_app
+        from dyref.launch import start_reward_app
         with _service(profile, ray=True) as (cfg, _url, stop):
             start_reward_app(cfg)
             console.print(f"reward app up: {sorted({c.scorer for c in cfg.rewards.components})}")
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                 image_root: Optional[str] = typer.Option(None, help="Folder the records' paths are relative to."),
                 cases: int = typer.Option(256, help="Synthetic training cases when no --records.")):
         """Run the RL learner against the shared Redis (generators and rewards run elsewhere)."""
-        from services.learner.cli import task_source_for
+        from dyref.train_commands import task_source_for
         from services.learner.rl_recipe import RLRecipe
         with _service(profile, ray=False) as (cfg, url, stop):
             recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
@@ -101,10 +101,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def audit(profile: Optional[str] = ProfileOpt, as_json: bool = typer.Option(False, "--json")):
         """Every admitted task ends as exactly one of consumed / dropped_stale / dead_lettered."""
-        from common.cli import _load
+        from dyref.options import load_profile
         from common.transport import Keys, connect
         from services.learner.audit import read_audit
-        cfg = _load(profile)
+        cfg = load_profile(profile)
         r = connect(cfg.redis.url, cfg.redis)
         counts = read_audit(r, Keys(cfg.redis.namespace), cfg.redis)
         if as_json:

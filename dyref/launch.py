@@ -52,7 +52,8 @@ def start_reward_app(cfg: DyRefConfig, http: bool = False) -> None:
     """Deploy the reward application (one deployment per scorer) on the connected Ray cluster."""
     from ray import serve
 
-    from services.reward.app import APP_NAME, reward_app
+    from common.rewards.client import APP_NAME
+    from services.reward.app import reward_app
     if http:
         serve.start(http_options={"host": cfg.ray.serve_http_host, "port": cfg.ray.serve_http_port})
     serve.run(reward_app(cfg.rewards), name=APP_NAME, route_prefix="/rewards" if http else None, blocking=False)
