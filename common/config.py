@@ -273,9 +273,6 @@ class RewardsConfig(_Section):
     batch_wait_s: float = Field(0.01, ge=0, description="@serve.batch batch_wait_timeout_s.")
     timeout_s: float = Field(60.0, gt=0, description="Per-call timeout seen by generators.")
     retries: int = Field(3, ge=0, description="Retries (with backoff) of a failed reward call.")
-    fault: Literal["none", "slow", "garbage"] = Field("none", description="Fault injection for chaos tests only: every `fault_every`-th batch of a scorer replica sleeps `fault_delay_s` (slow) or answers NaN/inf/None/wrong-shape tables (garbage).")
-    fault_every: int = Field(2, ge=1, description="Fault injection: which batches misbehave (every N-th, counted per replica).")
-    fault_delay_s: float = Field(0.0, ge=0, description="Fault injection: sleep of a slow batch (make it exceed timeout_s to exercise retries).")
     detector: Literal["none", "owlvit"] = Field("none", description="Per-reference reward: how a subject reference without a box (real data) is located in the generated image. owlvit: image-guided OWL-ViT/OWLv2 detection (tiny random with source tiny, `detector_path` with pretrained); none: such a subject scores None (docs/learning.md §3).")
     detector_path: str | None = Field(None, description="Local OWL-ViT or OWLv2 folder for detector=owlvit with source=pretrained.")
 

@@ -48,15 +48,16 @@ class StopFlag:
                 signal.signal(s, h)
 
 
-def start_reward_app(cfg: DyRefConfig, http: bool = False) -> None:
-    """Deploy the reward application (one deployment per scorer) on the connected Ray cluster."""
+def start_reward_app(cfg: DyRefConfig, http: bool = False, wrap_scorer=None) -> None:
+    """Deploy the reward application (one deployment per scorer) on the connected Ray cluster
+    (`wrap_scorer`: the chaos suite's fault injection, dyref/chaos/faults.py)."""
     from ray import serve
 
     from common.rewards.client import APP_NAME
     from services.reward.app import reward_app
     if http:
         serve.start(http_options={"host": cfg.ray.serve_http_host, "port": cfg.ray.serve_http_port})
-    serve.run(reward_app(cfg.rewards), name=APP_NAME, route_prefix="/rewards" if http else None, blocking=False)
+    serve.run(reward_app(cfg.rewards, wrap_scorer), name=APP_NAME, route_prefix="/rewards" if http else None, blocking=False)
 
 
 def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | None = None,

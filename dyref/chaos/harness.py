@@ -30,6 +30,7 @@ from typing import Iterator
 from common.config import DyRefConfig, load_config
 from common.schemas import GroupHeader, group_id_for
 from common.transport import EmbeddedRedis, Keys
+from dyref.chaos.faults import ScorerFault
 from dyref.launch import wait_for as wait_until  # the one polling helper, re-exported for scenarios
 from services.learner.audit import read_audit
 
@@ -173,12 +174,13 @@ def replica_actors(app: str, deployment: str) -> list:
 class Loop:
     """Reward app + generator actors + an in-process learner for one scenario."""
 
-    def __init__(self, cfg: DyRefConfig, redis_url: str, generators: int = 2, learner: bool = True):
-        from services.generator.actor import start_generators
+    def __init__(self, cfg: DyRefConfig, redis_url: str, generators: int = 2, learner: bool = True,
+                 reward_fault: ScorerFault | None = None):
         from dyref.launch import start_reward_app
+        from services.generator.actor import start_generators
         from services.learner.rl_recipe import RLRecipe
         self.cfg, self.url = cfg, redis_url
-        start_reward_app(cfg)  # redeploys the app with this scenario's reward settings
+        start_reward_app(cfg, wrap_scorer=reward_fault)  # redeploys the app with this scenario's reward settings
         self.recipe = RLRecipe(cfg, redis_url, small_source()).setup() if learner else None
         self.prefix = f"chaos-{uuid.uuid4().hex[:6]}"
         self.gens = start_generators(cfg, redis_url, n=generators, prefix=self.prefix)

@@ -26,6 +26,7 @@ import yaml
 
 from common import metrics as M
 from common.transport import Keys, connect, free_port
+from dyref.chaos.faults import ScorerFault
 from dyref.chaos.harness import (Loop, Outcome, actor_pid, chaos_cfg, counter_value, kill_pid, ledger, own_redis,
                                     replica_actors, small_source, wait_until)
 
@@ -267,9 +268,8 @@ def _done(ref) -> bool:
 
 def reward_slow(workdir: Path, redis_url: str) -> Outcome:
     t0 = time.monotonic()
-    cfg = chaos_cfg(redis_url, workdir, rewards={"fault": "slow", "fault_every": 2, "fault_delay_s": 3.0,
-                                                 "timeout_s": 2.0, "retries": 4})
-    loop = Loop(cfg, redis_url, generators=1)
+    cfg = chaos_cfg(redis_url, workdir, rewards={"timeout_s": 2.0, "retries": 4})
+    loop = Loop(cfg, redis_url, generators=1, reward_fault=ScorerFault("slow", every=2, delay_s=3.0))
     taken = loop.train(3)
     g = loop.gens[0][0]
     timeouts = _actor_metric(g, "REWARD_ERRORS", scorer="colour")  # the timed-out calls (any error type)
@@ -280,8 +280,8 @@ def reward_slow(workdir: Path, redis_url: str) -> Outcome:
 
 def reward_garbage(workdir: Path, redis_url: str) -> Outcome:
     t0 = time.monotonic()
-    cfg = chaos_cfg(redis_url, workdir, rewards={"fault": "garbage", "fault_every": 2})
-    loop = Loop(cfg, redis_url, generators=1)
+    cfg = chaos_cfg(redis_url, workdir)
+    loop = Loop(cfg, redis_url, generators=1, reward_fault=ScorerFault("garbage", every=2))
     taken = loop.train(3)
     g = loop.gens[0][0]
     garbage = _actor_metric(g, "REWARD_ERRORS", scorer="colour", reason="garbage")

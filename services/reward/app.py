@@ -10,25 +10,28 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from ray import serve
 
 from common.config import RewardsConfig
 from common.rewards.client import APP_NAME, deployment_name
 from common.schemas import ScoreRequest, ScoreResponse
-from services.reward.scoring import build_group_scorer
+from services.reward.scoring import GroupScorer, build_group_scorer
 
 __all__ = ["ScorerDeployment", "reward_app"]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class ScorerDeployment:
-    def __init__(self, scorer: str, rewards_cfg: dict):
+    def __init__(self, scorer: str, rewards_cfg: dict, wrap_scorer: Callable[[GroupScorer], GroupScorer] | None = None):
         import torch
         torch.set_num_threads(1)
         cfg = RewardsConfig.model_validate(rewards_cfg)
         self.name = scorer
         self.scorer = build_group_scorer(scorer, cfg)
+        if wrap_scorer is not None:  # only the chaos suite wraps it (a scorer that misbehaves on purpose)
+            self.scorer = wrap_scorer(self.scorer)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"score-{scorer}")
         self.score.set_max_batch_size(cfg.batch_size)
         self.score.set_batch_wait_timeout_s(cfg.batch_wait_s)
@@ -55,12 +58,14 @@ class ScorerDeployment:
             raise RuntimeError("scorer not loaded")
 
 
-def reward_app(cfg: RewardsConfig):
-    """One Serve application with a deployment per scorer kind named in `cfg.components`."""
+def reward_app(cfg: RewardsConfig, wrap_scorer: Callable[[GroupScorer], GroupScorer] | None = None):
+    """One Serve application with a deployment per scorer kind named in `cfg.components`.
+    `wrap_scorer` (picklable) wraps every replica's scorer: the chaos suite's fault injection."""
     kinds = sorted({c.scorer for c in cfg.components})
     dumped = cfg.model_dump(mode="json")
     deps = [ScorerDeployment.options(name=deployment_name(k), num_replicas=cfg.replicas,
-                                     max_ongoing_requests=cfg.max_ongoing_requests).bind(k, dumped) for k in kinds]
+                                     max_ongoing_requests=cfg.max_ongoing_requests).bind(k, dumped, wrap_scorer)
+            for k in kinds]
     return _Router.options(name="router").bind(*deps, kinds)
 
 

@@ -6,8 +6,6 @@ score is missing. They know nothing of training: DRS, normalisation and DAR happ
 """
 from __future__ import annotations
 
-import itertools
-import time
 from typing import Callable
 
 from PIL import Image
@@ -16,7 +14,7 @@ from common.config import RewardsConfig
 from common.images import decode_image
 from common.schemas import ScoreRequest
 
-__all__ = ["build_group_scorer", "GroupScorer", "with_fault"]
+__all__ = ["build_group_scorer", "GroupScorer"]
 
 Table = list[list[float | None]]
 GroupScorer = Callable[[list[ScoreRequest]], list[Table]]
@@ -114,36 +112,6 @@ def _judge(judge) -> GroupScorer:
     return run
 
 
-_GARBAGE = (
-    lambda t: [[float("nan")] * len(r) for r in t],          # NaN everywhere
-    lambda t: [[float("inf")] + r[1:] for r in t],           # an infinite score per row
-    lambda t: t[:-1],                                        # one image short: [G-1][J]
-    lambda t: [r + r for r in t],                            # one image two widths: ragged J
-    lambda t: [[None] * len(r) for r in t],                  # all missing
-)
-
-
-def with_fault(run: GroupScorer, fault: str, every: int, delay_s: float) -> GroupScorer:
-    """Fault injection for the chaos suite (RewardsConfig.fault): the real deployment misbehaves.
-
-    Every `every`-th batch (counted per replica) sleeps `delay_s` first (slow) or answers a garbage
-    table (NaN, inf, short, ragged, all None in turn). Never set outside chaos tests.
-    """
-    if fault == "none":
-        return run
-    calls, kinds = itertools.count(1), itertools.cycle(_GARBAGE)
-
-    def faulty(reqs: list[ScoreRequest]) -> list[Table]:
-        hit = next(calls) % every == 0
-        if hit and fault == "slow":
-            time.sleep(delay_s)
-        out = run(reqs)
-        if hit and fault == "garbage":
-            out = [next(kinds)(t) for t in out]
-        return out
-    return faulty
-
-
 def build_group_scorer(kind: str, cfg: RewardsConfig) -> GroupScorer:
     """The scorer of `kind` (common.rewards.registry) behind a batch-of-requests adapter."""
     from common.rewards.registry import build_scorer
@@ -151,4 +119,4 @@ def build_group_scorer(kind: str, cfg: RewardsConfig) -> GroupScorer:
                 "style": lambda s: _per_image(s.score), "lighting": lambda s: _per_image(s.score)}
     if kind not in adapters:
         raise ValueError(f"unknown scorer {kind!r}; expected one of {', '.join(adapters)}")
-    return with_fault(adapters[kind](build_scorer(kind, cfg)), cfg.fault, cfg.fault_every, cfg.fault_delay_s)
+    return adapters[kind](build_scorer(kind, cfg))

@@ -7,7 +7,7 @@ import pytest
 
 from services.learner.audit import RedisStateLost, check_ledger
 from common.rewards.client import clean_table
-from services.reward.scoring import with_fault
+from dyref.chaos.faults import ScorerFault, with_fault
 
 
 def test_clean_table_maps_garbage_to_missing_and_keeps_good_scores():
@@ -42,3 +42,17 @@ def test_ledger_going_backwards_fails_loudly_with_what_to_do():
     check_ledger({"admitted": 5}, 5)
     with pytest.raises(RedisStateLost, match=r"records 0 admitted tasks, this learner admitted 6.*Restart the learner"):
         check_ledger({"admitted": 0}, 6)
+
+
+def test_a_scorer_fault_travels_pickled_to_a_replica_and_wraps_its_scorer():
+    """Serve ships the wrapper with the deployment's arguments: it must survive pickling."""
+    import pickle
+    fault = pickle.loads(pickle.dumps(ScorerFault("garbage", every=1)))
+    [t] = fault(lambda reqs: [[[0.5], [0.6]]])([object()])
+    assert len(t) == 2 and all(len(row) == 1 and math.isnan(row[0]) for row in t)  # the first garbage kind
+
+
+def test_fault_settings_are_not_part_of_the_production_configuration():
+    from common.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"rewards\.fault"):
+        load_config("cpu-tiny", {"rewards": {"fault": "slow"}})
