@@ -181,7 +181,7 @@ def run_sft(cfg: DyRefConfig, cases, test, plan: DemoPlan, say: Callable[[str], 
             if "eval/placement/all" in r:
                 by_n = " ".join(f"{k.split('/')[-1]}:{v:.2f}" for k, v in r.items()
                                 if k.startswith("eval/placement/") and not k.endswith("/all"))
-                say(f"  sft step {r['step']} loss {r['loss']:.4f} held-out placement {r['eval/placement/all']:.3f} "
+                say(f"  sft step {r['step']} loss {r['losses/loss']:.4f} held-out placement {r['eval/placement/all']:.3f} "
                     f"({by_n}) background error {r['eval/background_error/all']:.3f}")
         sft.train(on_step=on_step, evaluate=evaluate)
     return sft
@@ -252,8 +252,8 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
     source = TaskSource(rl_cases(cases, plan), seed=plan.seed)
     recipe, state, statuses = run_rl(rl_cfg, redis_url, source, eval_cases=eval_subset(test, plan.eval_subset),
                                      on_step=lambda s: s["step"] % 10 == 0 and say(
-        f"  rl step {s['step']} v{s['version']} reward subjects {s.get('reward/subjects', float('nan')):.3f} "
-        f"background {s.get('reward/background', float('nan')):.3f} τ {s.get('drs_tau', float('nan')):.3f} "
+        f"  rl step {s['step']} v{s['version']} reward subjects {s.get('reward/subjects/mean', float('nan')):.3f} "
+        f"background {s.get('reward/background/mean', float('nan')):.3f} τ {s.get('signals/drs_tau', float('nan')):.3f} "
         f"kl {s.get('kl', 0):.2e}"))
     timings["rl"] = time.perf_counter() - t0
     from services.evaluator.worker import read_eval_history

@@ -147,8 +147,8 @@ def _plot(out: Path, summary: dict, history: list[dict], eval_history: list[dict
             axes[0].plot(np.array(steps)[ok], _running_mean(vals, 10)[ok], label=key.split("/n")[-1] + " refs")
         axes[0].set_title("RL reward: mean raw s_j of subjects (10-step mean)")
         axes[0].legend(fontsize=7)
-        for ax, key, title in ((axes[1], "dar_weight_std", "DAR weight std over groups"),
-                               (axes[2], "kl", "KL to the SFT policy")):
+        for ax, key, title in ((axes[1], "signals/dar_weight_std", "DAR weight std over groups"),
+                               (axes[2], "losses/kl", "KL to the SFT policy")):
             ax.plot(steps, [h.get(key, float("nan")) for h in history])
             ax.set_title(title)
         for ax in axes:

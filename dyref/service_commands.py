@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
             state = recipe.train(until=steps, should_stop=stop,
                                  on_step=lambda s: logging.getLogger("dyref.learner").info(
                                      "step %d v%d %s", s["step"], s["version"],
-                                     {k: round(v, 4) for k, v in s.items() if k.startswith("reward/")}))
+                                     {k: round(v, 4) for k, v in s.items() if k.startswith("reward/") and k.endswith("/mean")}))
             console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit()}))
 
     @app.command()

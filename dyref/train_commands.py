@@ -53,7 +53,7 @@ def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help=
                     bar.update(t, completed=min(total, recipe.state.step), info=f"resumed at step {recipe.state.step}")
 
             def on_step(s: dict) -> None:
-                rw = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in s.items() if k.startswith("reward/") and not k.endswith("_std"))
+                rw = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in s.items() if k.startswith("reward/") and k.endswith("/mean"))
                 bar.update(t, completed=min(total, s["step"]), info=f"v{s['version']} {rw} kl={s.get('kl', 0):.2e}")
             eval_cases = None
             if not records and cfg.rl.eval_every:  # the evaluator scores a held-out synthetic split
@@ -100,10 +100,10 @@ def train_sft(profile: Optional[str] = typer.Option(None, "--config", "-c", help
         t = bar.add_task("sft", total=total, completed=recipe.state.step, info="starting")
 
         def on_step(s: dict) -> None:
-            bar.update(t, completed=s["step"], info=f"loss={s['loss']:.4f} |g|={s['grad_norm']:.3f} lr={s['lr']:.2e} "
+            bar.update(t, completed=s["step"], info=f"loss={s['losses/loss']:.4f} |g|={s['losses/grad_norm']:.3f} lr={s['losses/lr']:.2e} "
                                                     f"refs={s['n_refs'][0]}")
         state = recipe.train(total, on_step=on_step)
     console.print_json(json.dumps({"step": state.step, "output_dir": str(recipe.out),
                                    "adapter": str(recipe.adapter_dir) if recipe.policy.finetune == "lora" else None,
                                    "trainable": str(recipe.out / "trainable.safetensors"),
-                                   "final_loss": state.history[-1]["loss"] if state.history else None}))
+                                   "final_loss": state.history[-1]["losses/loss"] if state.history else None}))

@@ -37,7 +37,7 @@ def one_arm(base, src: Path, plan, redis_url: str, steps: int, every: int, warmu
         _, state, statuses = run_rl(cfg, redis_url, TaskSource(cases, seed=plan.seed),
                                     eval_cases=eval_subset(test, plan.eval_subset) if every else None)
         wall = time.perf_counter() - t0
-    secs = [h["seconds/consume"] + h["seconds/update"] for h in state.history[warmup:]]
+    secs = [h["time/consume_s"] + h["time/update_s"] for h in state.history[warmup:]]
     evals = sum(s.get("evaluations", 0) for s in statuses if isinstance(s, dict))
     return {"every": every, "steps": len(state.history), "median_s_per_step": round(statistics.median(secs), 4),
             "mean_s_per_step": round(statistics.mean(secs), 4), "wall_s": round(wall, 1), "evaluations": evals}

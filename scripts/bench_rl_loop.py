@@ -35,8 +35,8 @@ def make_cfg(redis_url: str, ckpt: str, steps: int):
 def rate(history: list[dict], warmup: int) -> tuple[float, float]:
     """(images/s, seconds/step) over the steps after warm-up, from the learner's step timings."""
     h = history[warmup:]
-    secs = [x["seconds/consume"] + x["seconds/update"] for x in h]
-    return sum(x["images"] for x in h) / sum(secs), statistics.median(secs)
+    secs = [x["time/consume_s"] + x["time/update_s"] for x in h]
+    return sum(x["data/images"] for x in h) / sum(secs), statistics.median(secs)
 
 
 def run_sync(cfg, source, steps: int) -> list[dict]:
@@ -69,7 +69,7 @@ def run_sync(cfg, source, steps: int) -> list[dict]:
         t1 = time.perf_counter()
         stats = recipe.update(batch)
         t2 = time.perf_counter()
-        stats.update({"seconds/consume": t1 - t0, "seconds/update": t2 - t1, "images": len(batch) * cfg.rl.group_size})
+        stats.update({"time/consume_s": t1 - t0, "time/update_s": t2 - t1, "data/images": len(batch) * cfg.rl.group_size})
         history.append(stats)
     return history
 
@@ -111,13 +111,13 @@ def main() -> None:
               f"ratio {d_rate / s_rate:.2f} (target >= 0.90; wall incl. start-up {wall:.1f}s)")
         h = hist[args.warmup:]
         mean = lambda k: statistics.mean(x.get(k, 0.0) for x in h)  # noqa: E731
-        print(f"  where the time goes per learner step: waiting for groups {mean('seconds/consume'):.3f}s, "
-              f"update {mean('seconds/update'):.3f}s; per group on a generator: sample {mean('generator/sample_s'):.3f}s, "
-              f"score (overlapping the next sample) {mean('generator/score_s'):.3f}s")
+        print(f"  where the time goes per learner step: waiting for groups {mean('time/consume_s'):.3f}s, "
+              f"update {mean('time/update_s'):.3f}s; per group on a generator: sample {mean('time/sample_s'):.3f}s, "
+              f"score (overlapping the next sample) {mean('time/score_s'):.3f}s")
     hs = sync_hist[args.warmup:]
     print("where the time goes (synchronous, per step): "
-          f"sample+score {statistics.mean(x['seconds/consume'] for x in hs):.3f}s, "
-          f"update {statistics.mean(x['seconds/update'] for x in hs):.3f}s")
+          f"sample+score {statistics.mean(x['time/consume_s'] for x in hs):.3f}s, "
+          f"update {statistics.mean(x['time/update_s'] for x in hs):.3f}s")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def main() -> None:
     print(f"{s_step:.3f} s/step -> {steps} steps", flush=True)
     r = recipe(steps, f"/tmp/sft_probe_{os.getpid()}")
     t0 = time.perf_counter()
-    r.train(on_step=lambda s: print(s["step"], round(s["loss"], 4), s["n_refs"], round(time.perf_counter() - t0),
+    r.train(on_step=lambda s: print(s["step"], round(s["losses/loss"], 4), s["data/n_refs"], round(time.perf_counter() - t0),
                                     flush=True) if s["step"] % 100 == 0 else None)
     train_s = time.perf_counter() - t0
     trained = summary(evaluate(r.policy.eval(), test, a.eval_steps))

@@ -25,7 +25,7 @@ __all__ = ["LossStats", "ppo_loss", "batch_diagnostics"]
 
 @dataclass(frozen=True)
 class LossStats:
-    """Scalars of one loss evaluation (names follow cleanrl; log as ``losses/<name>``)."""
+    """Scalars of one loss evaluation; the learner records them as ``losses/<name>`` (common/rl/history.py)."""
 
     loss: float
     policy_loss: float

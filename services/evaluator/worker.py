@@ -60,14 +60,15 @@ class EvaluatorWorker:
             return None
         t0 = time.perf_counter()
         rows = evaluate_policy(self.policy, self.cases, self.steps)
-        record = {"version": latest.version, "step": latest.step, "seconds": round(time.perf_counter() - t0, 3),
-                  "time": time.time()}
+        # names: common/rl/history.py
+        record = {"version": latest.version, "step": latest.step, "time/evaluate_s": round(time.perf_counter() - t0, 3),
+                  "data/created_at": time.time()}
         for m in METRICS:
             for n, cell in summarise(rows, m).items():
                 record[f"eval/{m}/{n}"] = round(cell["mean"], 6)
                 M.EVAL_SCORE.labels(m, str(n)).set(cell["mean"])
         M.EVAL_VERSION.set(latest.version)
-        M.PHASE_SECONDS.labels("evaluator", "evaluate").observe(record["seconds"])
+        M.PHASE_SECONDS.labels("evaluator", "evaluate").observe(record["time/evaluate_s"])
         self.r.rpush(self.keys.eval_history, json.dumps(record))
         self.last = latest.version
         self.evaluated += 1

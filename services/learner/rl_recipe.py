@@ -366,22 +366,22 @@ class RLRecipe:
                     for j in range(batch[b].rollout.step_indices.numel()):
                         loss, st = self._step_loss(batch[b], j, advantages[b], sig.dar_weights[b])
                         (loss / terms).backward()
-                        for k, v in st.as_dict().items():
+                        for k, v in st.as_dict(prefix="losses/").items():
                             stats_sum[k] = stats_sum.get(k, 0.0) + v
                         n_evals += 1
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, self.rl.max_grad_norm)
-                stats_sum["grad_norm"] = stats_sum.get("grad_norm", 0.0) + float(grad_norm) * terms
+                stats_sum["losses/grad_norm"] = stats_sum.get("losses/grad_norm", 0.0) + float(grad_norm) * terms
                 self.optimizer.step()
         out = {k: v / max(n_evals, 1) for k, v in stats_sum.items()}
         if self.ema is not None:
             self.ema.update(self.state.step)
         out.update(self._reward_stats(batch, sig))
-        out.update(sig.diagnostics)
-        out["dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
-        out["p_bar_mean"] = float(sig.p_bar.mean())
-        out["version_lag_mean"] = sum(g.lag for g in batch) / len(batch)
-        for phase in ("sample", "score"):
-            out[f"generator/{phase}_s"] = sum(g.header.timings.get(phase, 0.0) for g in batch) / len(batch)
+        out.update({f"signals/{k}": v for k, v in sig.diagnostics.items()})
+        out["signals/dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
+        out["signals/p_bar_mean"] = float(sig.p_bar.mean())
+        out["data/version_lag_mean"] = sum(g.lag for g in batch) / len(batch)
+        for phase in ("sample", "score"):  # the generators' seconds per group
+            out[f"time/{phase}_s"] = sum(g.header.timings.get(phase, 0.0) for g in batch) / len(batch)
         self._export(out, sig)
         return out
 
@@ -391,10 +391,10 @@ class RLRecipe:
             vals = sig.raw[k][sig.applies[k]]
             vals = vals[~torch.isnan(vals)]
             if vals.numel():
-                out[f"reward/{name}"] = float(vals.mean())
-                out[f"reward/{name}_std"] = float(vals.std(unbiased=False))
-                M.REWARD_MEAN.labels(name).set(out[f"reward/{name}"])
-                M.REWARD_STD.labels(name).set(out[f"reward/{name}_std"])
+                out[f"reward/{name}/mean"] = float(vals.mean())
+                out[f"reward/{name}/std"] = float(vals.std(unbiased=False))
+                M.REWARD_MEAN.labels(name).set(out[f"reward/{name}/mean"])
+                M.REWARD_STD.labels(name).set(out[f"reward/{name}/std"])
                 for n in sorted({g.header.n_refs for g in batch}):
                     rows = [b for b, g in enumerate(batch) if g.header.n_refs == n and bool(sig.applies[k, b])]
                     v = sig.raw[k][rows]
@@ -405,19 +405,19 @@ class RLRecipe:
         return out
 
     def _export(self, out: dict[str, float], sig) -> None:
-        M.ZERO_STD_FRACTION.set(out.get("zero_std_frac", 0.0))
+        M.ZERO_STD_FRACTION.set(out.get("signals/zero_std_frac", 0.0))
         for s in ("adv_mean", "adv_abs_mean", "adv_min", "adv_max"):
-            M.ADVANTAGE.labels(s.removeprefix("adv_")).set(out.get(s, 0.0))
+            M.ADVANTAGE.labels(s.removeprefix("adv_")).set(out.get(f"losses/{s}", 0.0))
         w = sig.dar_weights
         for s, v in (("mean", w.mean()), ("min", w.min()), ("max", w.max()), ("std", w.std(unbiased=False))):
             M.DAR_WEIGHT.labels(s).set(float(v))
-        M.KL.set(out.get("kl", 0.0))
-        M.CLIP_FRACTION.labels("high").set(out.get("clip_frac_high", 0.0))
-        M.CLIP_FRACTION.labels("low").set(out.get("clip_frac_low", 0.0))
+        M.KL.set(out.get("losses/kl", 0.0))
+        M.CLIP_FRACTION.labels("high").set(out.get("losses/clip_frac_high", 0.0))
+        M.CLIP_FRACTION.labels("low").set(out.get("losses/clip_frac_low", 0.0))
         for s in ("mean", "min", "max"):
-            M.RATIO.labels(s).set(out.get(f"ratio_{s}", 1.0))
+            M.RATIO.labels(s).set(out.get(f"losses/ratio_{s}", 1.0))
         for t in ("loss", "policy_loss", "kl_penalty"):
-            M.LOSS.labels(t).set(out.get(t, 0.0))
+            M.LOSS.labels(t).set(out.get(f"losses/{t}", 0.0))
 
     # ---- publish / checkpoint ------------------------------------------------------------------
     def publish(self, bump: bool = True) -> int:
@@ -487,10 +487,10 @@ class RLRecipe:
                 M.PHASE_SECONDS.labels("learner", "consume").observe(t1 - t0)
                 M.PHASE_SECONDS.labels("learner", "update").observe(t2 - t1)
                 if self.state.drs_tau is not None:
-                    stats["drs_tau"] = self.state.drs_tau
-                stats.update({"step": self.state.step, "version": self.state.version, "seconds/consume": t1 - t0,
-                              "seconds/update": t2 - t1, "images": len(batch) * self.rl.group_size,
-                              "groups_unscorable": unscorable})
+                    stats["signals/drs_tau"] = self.state.drs_tau
+                stats.update({"step": self.state.step, "version": self.state.version, "time/consume_s": t1 - t0,
+                              "time/update_s": t2 - t1, "data/images": len(batch) * self.rl.group_size,
+                              "data/groups_unscorable": unscorable})
                 # the record goes in before the checkpoint: a checkpoint of step k holds k's record
                 # (written after it, a kill before the next checkpoint lost k's record at resume)
                 self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})

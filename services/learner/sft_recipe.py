@@ -229,7 +229,9 @@ class SFTRecipe:
         norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.sft.max_grad_norm)
         self.optimizer.step()
         self.state.step += 1
-        rec = {"step": self.state.step, "loss": total, "grad_norm": float(norm), "lr": lr, "n_refs": counts}
+        # names: common/rl/history.py
+        rec = {"step": self.state.step, "losses/loss": total, "losses/grad_norm": float(norm), "losses/lr": lr,
+               "data/n_refs": counts}
         self.state.history.append(rec)
         del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
         return rec

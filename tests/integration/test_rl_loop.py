@@ -59,13 +59,13 @@ def _group_task_ids(queue) -> set[str]:
 def test_reward_rises_versions_flow_and_groups_count_once(ray_cluster, redis_server, tmp_path):
     cfg = tiny_rl_cfg(redis_server, tmp_path, total_steps=40)
     recipe, state, statuses = run_rl(cfg, cfg.redis.url, source(), generators=1)
-    rewards = [h["reward/colour"] for h in state.history]
+    rewards = [h["reward/colour/mean"] for h in state.history]
     first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-5:])
-    spread = statistics.mean(h["reward/colour_std"] for h in state.history[:5])
+    spread = statistics.mean(h["reward/colour/std"] for h in state.history[:5])
     assert last - first > 2 * spread, f"reward did not rise: first {first:.4f} last {last:.4f} (within-step std {spread:.4f})"
     # weights flowed: the generator served recent versions, and no group was stale
     assert statuses[0]["version"] >= state.version - 1 > 30
-    assert max(h["version_lag_mean"] for h in state.history) <= cfg.rl.max_staleness
+    assert max(h["data/version_lag_mean"] for h in state.history) <= cfg.rl.max_staleness
     audit = recipe.audit()
     assert audit["consumed"] == 40 * cfg.rl.groups_per_step
     assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0 and audit["dropped_stale"] == 0
@@ -348,7 +348,7 @@ def test_groups_of_steps_lost_with_a_dead_learner_are_rolled_back_and_readmitted
         return task_source_for(cfg, None, None, 4, cfg.rl.seed)  # what `dyref learner --cases 4` trains on
 
     def trained_on(recipe) -> int:
-        return sum(h["images"] for h in recipe.state.history) // cfg.rl.group_size
+        return sum(h["data/images"] for h in recipe.state.history) // cfg.rl.group_size
     try:
         lost = 0
         for died_after in (3, 5):  # checkpoints at 2 and 4: the step after each dies with the learner

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from common.rl.history import bad_keys
 from common.config import RLConfig, load_config
 from common.policy.sde import sde_step
 from common.rl import ppo_loss
@@ -118,7 +119,8 @@ def test_train_dead_letters_an_unscorable_group_and_trains_on_the_rest(recipe, m
     monkeypatch.setattr(recipe, "consume", lambda n, should_stop=None, timeout_s=0: batches.pop() if batches else [])
     monkeypatch.setattr(recipe, "_step_loss", _zero_step_loss(recipe))
     state = recipe.train(steps=2)  # the second step finds no groups and stops
-    assert state.step == 1 and state.history[-1]["groups_unscorable"] == 1
+    assert state.step == 1 and state.history[-1]["data/groups_unscorable"] == 1
+    assert bad_keys(state.history[-1]) == [] and "losses/loss" in state.history[-1]  # common/rl/history.py
     audit = recipe.audit()
     assert (audit["consumed"], audit["dead_lettered"], audit["duplicate"]) == (2, 1, 0)
     dead = recipe.r.xrange(recipe.keys.dead_letter("groups"))

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from common.rl.history import bad_keys
 from common.config import LoraConfig, PolicyConfig, SFTConfig
 from common.policy import build_policy
 from services.learner.sft_recipe import (Sample, SFTRecipe, lr_factor, ref_cap, sample_sigmas, scheduler_weight,
@@ -80,7 +81,7 @@ def test_resume_continues_from_saved_step(tmp_path, cases):
     resumed.train()
     assert resumed.state.step == 8
     assert resumed.policy.trainable_state() == straight.policy.trainable_state()
-    assert [h["loss"] for h in resumed.state.history] == [h["loss"] for h in straight.state.history]
+    assert [h["losses/loss"] for h in resumed.state.history] == [h["losses/loss"] for h in straight.state.history]
     fresh = SFTRecipe(pcfg(), scfg(tmp_path / "b"), cases).setup(resume=False)
     assert fresh.state.step == 0
 
@@ -121,7 +122,8 @@ def test_gradient_clipping_applied(tmp_path, cases):
     _perturb_b(r.policy)
     rec = r.train_step()
     after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in _grads(r)]))
-    assert rec["grad_norm"] > 1e-2  # pre-clip norm is reported
+    assert rec["losses/grad_norm"] > 1e-2  # pre-clip norm is reported
+    assert bad_keys(rec) == []  # common/rl/history.py
     assert float(after) == pytest.approx(1e-3, rel=1e-4)
 
 
@@ -155,7 +157,7 @@ def test_full_finetune_state_loads_into_a_fresh_policy(tmp_path, cases):
 def test_qwen_family_trains(tmp_path, cases):
     r = SFTRecipe(pcfg(family="qwen-image-edit-plus"), scfg(tmp_path, steps=2, batch_size=2), cases[:4]).setup()
     r.train()
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.state.history)
+    assert all(torch.isfinite(torch.tensor(h["losses/loss"])) for h in r.state.history)
     assert (r.adapter_dir / "adapter_config.json").is_file()
 
 
