@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from dyref.launch import wait_for
 from PIL import Image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -82,10 +84,7 @@ def gw(redis_server, tmp_path_factory):
     policy = build_policy(pcfg)
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, timeout=120)
-    deadline = time.monotonic() + 120
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").text
-        time.sleep(0.25)
+    assert wait_for(lambda: client.get("/readyz").status_code == 200, 120, 0.25), client.get("/readyz").text
     r = connect(redis_server.url)
 
     class GW:
@@ -147,11 +146,11 @@ def test_async_case(gw, idx):
     assert job["status"] == "queued" and r.headers["location"] == f"/v1/generations/{job['id']}"
     ttl = gw.r.ttl(gw.keys.job(job["id"]))
     assert 0 < ttl <= LIMITS["job_ttl_s"]
-    deadline = time.monotonic() + 60
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    def finished() -> bool:
+        nonlocal job
         job = gw.http.get(f"/v1/generations/{job['id']}").json()
+        return job["status"] not in ("queued", "running")
+    assert wait_for(finished, 60, 0.05), job
     assert job["status"] == "succeeded", job
     assert len(job["images"]) == 1 and _decode(job["images"][0]["b64_json"]).size == (64, 64)
 

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from common.transport import free_port
+from dyref.launch import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -100,9 +101,7 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(procs):
-        time.sleep(0.5)
+    wait_for(lambda: not _alive(procs), timeout_s, 0.5)
     return _alive(procs)
 
 

@@ -30,21 +30,19 @@ class HTTPGateway:
 
     def __init__(self, app):
         import threading
-        import time
 
         import uvicorn
 
         from common.transport import free_port
+        from dyref.launch import wait_for
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
+        assert wait_for(lambda: self.server.started or not self.thread.is_alive(), 20, 0.05) and self.server.started, \
+            "uvicorn did not start"
 
     def close(self) -> None:
         self.server.should_exit = True
