@@ -14,6 +14,7 @@ from common.config import PolicyConfig, RedisConfig
 from common.policy import build_policy
 from common.policy.follower import WeightFollower, WeightSyncError
 from common.transport import EmbeddedRedis, WeightStore, connect, free_port
+from dyref.launch import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +116,8 @@ def test_due_is_cheap_news_from_a_notice_or_the_fallback_interval(r, keys, polic
     f.poll()
     assert not f.due()  # just checked, no notice
     WeightStore(r, keys).publish(state_to_bytes(_moved(policy, 8)), version=1)
-    deadline = time.monotonic() + 0.3  # well under the fallback interval: only the notice can make it due
-    while not f.due():
-        assert time.monotonic() < deadline, "the notice did not arrive"
-        time.sleep(0.01)
+    # well under the fallback interval: only the notice can make it due
+    assert wait_for(f.due, 0.3, interval_s=0.01), "the notice did not arrive"
     assert f.notices == 1
     assert f.poll_if_due() == 1
     assert not f.due()
@@ -226,10 +225,7 @@ def test_redis_down_keeps_serving_backs_off_and_resubscribes_after_restart(polic
         assert _same(_served(policy), v1)
 
         server.start()  # same port, same AOF
-        deadline = time.monotonic() + 15
-        while not (f.poll() == 1 and f.subscribed):
-            assert time.monotonic() < deadline, "never re-subscribed"
-            time.sleep(0.1)
+        assert wait_for(lambda: f.poll() == 1 and f.subscribed, 15), "never re-subscribed"
         waiter = _wait_in_thread(f, 2, timeout_s=15)
         time.sleep(0.3)
         pub = connect(server.url, quick)
