@@ -83,7 +83,10 @@ class WeightStore:
             raise ChecksumError(f"weight version {wv.version}: sha256 {got[:12]}… != published {wv.sha256[:12]}…")
         return data
 
-    def subscribe(self) -> redis.client.PubSub:
-        ps = self.r.pubsub(ignore_subscribe_messages=True)
+    def subscribe(self, ignore_subscribe_messages: bool = True) -> redis.client.PubSub:
+        """A PubSub on the weights channel; each message is a published version's metadata (JSON).
+        With ``ignore_subscribe_messages=False`` the SUBSCRIBE confirmation is returned too, so a
+        caller can know the subscription is in effect before it reads ``latest``."""
+        ps = self.r.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
         ps.subscribe(self.keys.weights_channel)
         return ps

@@ -7,8 +7,10 @@ tests or the load script can drive it directly. Invariants:
   pipelines and peft adapters are not safe to run concurrently);
 - weights switch only between batches: ``sync_weights`` runs at the start of ``run_batch``, under
   the lock, so every request of a batch is served by one version, which it reports;
-- a version whose bytes fail their sha256 (:class:`ChecksumError`) or do not fit the policy
-  (TrainableStateError) is refused and counted in ``WEIGHT_LOAD_FAILURES``; the old one stays.
+- the weight store is read only when there is news (the store's pub/sub notice, or the fallback
+  check every ``redis.weights_poll_s``), not on every batch; a version whose bytes fail their
+  sha256 or do not fit the policy is refused and counted in ``WEIGHT_LOAD_FAILURES``, the old one
+  stays (:class:`common.policy.follower.WeightFollower`, shared with the generator).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from collections import defaultdict
 
 from common import metrics as M
 from common.config import PolicyConfig, RedisConfig
@@ -36,81 +37,62 @@ class GeneratorCore:
         self.lock = threading.Lock()
         self.policy = None
         self.load_error: str | None = None
-        self.version: int | None = None
-        self.refused: set[int] = set()
-        self.failures: dict[str, int] = defaultdict(int)
+        self.follower = None  # a WeightFollower once the policy is built, when there is a Redis
         self.images = 0
         self.batches = 0
-        self._redis_down_until = 0.0
         self.store = None
+        self.weights_poll_s = 1.0
         if redis_url:
             from common.transport import Keys, WeightStore, connect
             rc = redis_cfg or RedisConfig(url=redis_url)
             # few retries: a Redis outage must not stall serving, it only delays the next switch
             quick = rc.model_copy(update={"url": redis_url, "retries": 1, "socket_timeout_s": min(rc.socket_timeout_s, 2.0)})
             self.store = WeightStore(connect(redis_url, quick), Keys(rc.namespace), keep=rc.weights_keep)
+            self.weights_poll_s = rc.weights_poll_s
 
     @property
     def ready(self) -> bool:
         return self.policy is not None
+
+    # the follower's state, read by stats() and the tests; empty until the policy is built
+    @property
+    def version(self) -> int | None:
+        return self.follower.version if self.follower is not None else None
+
+    @property
+    def refused(self) -> set[int]:
+        return self.follower.refused if self.follower is not None else set()
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return self.follower.failures if self.follower is not None else {}
 
     def load(self) -> None:
         """Build the policy and load the newest published weights. Errors are kept, not raised:
         the deployment stays up and answers 503 with the reason."""
         try:
             from common.policy import build_policy
+            from common.policy.follower import WeightFollower
             with self.lock:
                 policy = build_policy(self.policy_cfg)
                 policy.eval()
+                if self.store is not None:
+                    self.follower = WeightFollower(self.store, policy.load_trainable_state, consumer=self.name,
+                                                   service="gateway", poll_interval_s=self.weights_poll_s)
                 self.policy = policy
-                self.sync_weights()
+                self.sync_weights(force=True)
         except Exception as e:  # noqa: BLE001 - reported by ready()/stats(), answered as 503
             log.exception("gateway generator: policy failed to load")
             self.load_error = f"{type(e).__name__}: {e}"
 
     # ---- weights ---------------------------------------------------------------------------------
-    def sync_weights(self) -> int | None:
-        """Switch to the newest published version if it is new and verifies. Call under ``self.lock``."""
-        if self.store is None or self.policy is None or time.monotonic() < self._redis_down_until:
+    def sync_weights(self, force: bool = False) -> int | None:
+        """Switch to the newest published version if there is news of one and it verifies; `force`
+        reads the store even without news. Call under ``self.lock``. Never raises for Redis: an
+        outage keeps the current version serving."""
+        if self.follower is None or self.policy is None:
             return self.version
-        from common.transport import ChecksumError, WeightsMissing
-        try:
-            latest = self.store.latest()
-            if latest is None or latest.version == self.version or latest.version in self.refused:
-                return self.version
-            t0 = time.perf_counter()
-            data = self.store.fetch(latest)
-        except ChecksumError as e:
-            self._refuse(latest.version, "checksum", e)
-            return self.version
-        except WeightsMissing as e:
-            self.failures["missing"] += 1
-            M.WEIGHT_LOAD_FAILURES.labels(self.name, "missing").inc()
-            log.warning("%s: %s", self.name, e)
-            return self.version
-        except Exception as e:  # noqa: BLE001 - Redis unreachable: keep serving, retry in a few seconds
-            self._redis_down_until = time.monotonic() + 5.0
-            log.warning("%s: weight check failed (%s); serving version %s", self.name, e, self.version)
-            return self.version
-        try:
-            # load_trainable_state checks every key and shape before it copies anything
-            self.policy.load_trainable_state(data)
-        except Exception as e:  # noqa: BLE001 - wrong keys/shapes or not safetensors at all
-            self._refuse(latest.version, "shape" if type(e).__name__ == "TrainableStateError" else "invalid", e)
-        else:
-            self.version = latest.version
-            M.POLICY_VERSION_SERVED.labels(self.name).set(latest.version)
-            M.WEIGHT_SYNC_SECONDS.labels(self.name).observe(max(0.0, time.time() - latest.created_at))
-            M.PHASE_SECONDS.labels("gateway", "sync").observe(time.perf_counter() - t0)
-            log.info("%s: serving policy version %d", self.name, latest.version)
-        return self.version
-
-    def _refuse(self, version: int, reason: str, e: Exception) -> None:
-        # refused for good: a corrupt version is not retried on every request
-        self.refused.add(version)
-        self.failures[reason] += 1
-        M.WEIGHT_LOAD_FAILURES.labels(self.name, reason).inc()
-        log.error("%s: refused weight version %d (%s): %s; still serving %s", self.name, version, reason, e, self.version)
+        return self.follower.poll() if force else self.follower.poll_if_due()
 
     def not_ready(self) -> GenResult:
         msg = "no model ready: " + (self.load_error or "the policy is still loading")

@@ -22,19 +22,17 @@ from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.images import ImageError, decode_image, encode_image
-from common.policy import GroupRollout, TrainableStateError, build_policy
+from common.policy import GroupRollout, build_policy
 from common.policy.families import to_pil
+from common.policy.follower import WeightFollower, WeightSyncError
 from common.schemas import GroupHeader, Task, group_id_for
-from common.transport import ChecksumError, Entry, Keys, WeightsMissing, WeightStore, connect
+from common.transport import Entry, Keys, WeightStore, connect
 from common.transport import group_queue, task_queue
 
+# WeightSyncError (common.policy.follower): sync_weights raises it; re-exported for the callers
 __all__ = ["GeneratorWorker", "WeightSyncError"]
 
 log = logging.getLogger("dyref.generator")
-
-
-class WeightSyncError(RuntimeError):
-    """The generator could not reach the policy version a task requires."""
 
 
 @dataclass
@@ -56,8 +54,6 @@ class GeneratorWorker:
         self.id, self.cfg = generator_id, cfg
         self.policy = build_policy(cfg.policy).eval()
         self.r = connect(redis_url, cfg.redis, service="generator")
-        for reason in ("checksum", "missing", "shape"):
-            M.WEIGHT_LOAD_FAILURES.labels(self.id, reason)  # exported as 0 until the first refusal
         # this generator's series exist from its start, so rate() has points before the first group
         M.GROUPS_PUBLISHED.labels(self.id)
         M.IMAGES_GENERATED.labels(self.id)
@@ -66,50 +62,29 @@ class GeneratorWorker:
         self.groups = group_queue(self.r, self.keys, cfg.redis)
         self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep,
                                    chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
+        self.follower = WeightFollower(self.weights, self.policy.load_trainable_state, consumer=self.id,
+                                       service="generator", poll_interval_s=cfg.redis.weights_poll_s)
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self._reclaim_every_s = max(0.01, cfg.redis.claim_idle_ms / 2000)
         self._next_reclaim = time.monotonic()  # due at once: a restarted generator first finishes what it held
         self.held: set[str] = set()  # task entry ids this process took and has not acked or given up
-        self.version = -1
         self.groups_done = 0
-        self.refused_versions: set[int] = set()
 
     # ---- weights -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The policy version served; -1 before the first one loaded."""
+        return -1 if self.follower.version is None else self.follower.version
+
+    @property
+    def refused_versions(self) -> set[int]:
+        return self.follower.refused
+
     def sync_weights(self, min_version: int = 0, timeout_s: float = 120.0) -> int:
-        """Load the newest published weights (verified); wait for `min_version` if it is not out yet."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            latest = self.weights.latest()
-            if latest is not None and latest.version > self.version and latest.version not in self.refused_versions:
-                t0 = time.perf_counter()
-                try:
-                    data = self.weights.fetch(latest)
-                    self.policy.load_trainable_state(data)
-                except ChecksumError as e:
-                    # refused: keep serving the version we had and raise the alarm
-                    self.refused_versions.add(latest.version)
-                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "checksum").inc()
-                    log.error("%s: %s", self.id, e)
-                except TrainableStateError as e:
-                    # a version that does not fit this policy is refused too, never half-loaded
-                    self.refused_versions.add(latest.version)
-                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "shape").inc()
-                    log.error("%s: weight version %d refused: %s", self.id, latest.version, e)
-                except WeightsMissing as e:
-                    M.WEIGHT_LOAD_FAILURES.labels(self.id, "missing").inc()
-                    log.warning("%s: %s", self.id, e)
-                else:
-                    self.version = latest.version
-                    M.POLICY_VERSION_SERVED.labels(self.id).set(self.version)
-                    M.WEIGHT_SYNC_SECONDS.labels(self.id).observe(max(0.0, time.time() - latest.created_at))
-                    M.PHASE_SECONDS.labels("generator", "sync").observe(time.perf_counter() - t0)
-            if self.version >= min_version:
-                return self.version
-            if time.monotonic() > deadline:
-                raise WeightSyncError(f"{self.id}: policy version {min_version} not available after {timeout_s}s "
-                                      f"(serving {self.version})")
-            time.sleep(0.05)
+        """Load the newest published weights (verified); wait for `min_version` if it is not out yet
+        (woken by the weight notice). Raises WeightSyncError after `timeout_s`."""
+        return self.follower.wait_for(min_version, timeout_s)
 
     # ---- one task ------------------------------------------------------------------------------
     def next_entry(self, block_ms: int | None = 500) -> Entry | None:
@@ -189,13 +164,13 @@ class GeneratorWorker:
         job = self.start(entry)
         return self.finish(job) if job is not None else None
 
-    def run(self, should_stop: Callable[[], bool], idle_sync_s: float = 0.5) -> int:
+    def run(self, should_stop: Callable[[], bool]) -> int:
         """Loop until `should_stop()`, sampling group k+1 while group k is being scored.
 
         At most one group is in flight besides the one being sampled; it is finished (published,
         task acked) before the next is started. Weights stay fresh between groups even when idle.
         """
-        last_sync, pending = 0.0, None
+        pending = None
         while not should_stop():
             entry = self.next_entry(block_ms=None if pending else 500)  # None: no BLOCK (0 would block forever)
             started = None
@@ -210,12 +185,7 @@ class GeneratorWorker:
                 self.finish(pending)
             pending = started
             if entry is None and pending is None:
-                if time.monotonic() - last_sync > idle_sync_s:
-                    try:
-                        self.sync_weights(0, timeout_s=0)
-                    except WeightSyncError:
-                        pass  # nothing published yet
-                    last_sync = time.monotonic()
+                self.follower.poll_if_due()  # idle: switch on a weight notice, or at the fallback check
         if pending is not None:
             self.finish(pending)
         return self.groups_done
