@@ -73,8 +73,8 @@ class MRIGPolicy:
         self.lora_config = lora_config
         self.training = False
         self.train_text_encoder = bool(getattr(cfg, "train_text_encoder", False))
-        if self.train_text_encoder and family.name != "flux2-klein":
-            raise ValueError(f"policy.train_text_encoder is supported for flux2-klein only, not {family.name}")
+        if self.train_text_encoder and not family.trains_text_encoder:
+            raise ValueError(f"policy.train_text_encoder: family {family.name} cannot train its text encoder")
         for m in (pipe.text_encoder, pipe.vae):
             m.requires_grad_(False)
             m.eval()
