@@ -16,14 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from common.roles import Role
+
 __all__ = [
-    "ROLES", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
+    "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
     "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
     "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
     "PROFILES_DIR", "format_validation_error", "FieldError",
 ]
 
-ROLES = ("subject", "style", "background", "lighting", "pose")
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -240,9 +241,9 @@ class RewardComponent(_Section):
     name: str = Field(..., description="Reward name (metric label, GDPO component).")
     scorer: Literal["similarity", "style", "judge", "lighting", "colour", "references"] = Field(..., description="Which scorer deployment computes it. references: one similarity per reference of the task, by role (common.rewards.per_reference).")
     weight: float = Field(1.0, description="Weight in the GDPO/GRPO sum.")
-    against: Literal["target", "subject", "style", "background", "lighting", "pose", "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers). scorer=references: 'none' scores each reference of `roles`; 'target' scores the image outside the subjects' boxes against the target there (one column).")
+    against: Literal["target", Role, "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers). scorer=references: 'none' scores each reference of `roles`; 'target' scores the image outside the subjects' boxes against the target there (one column).")
     drs: bool = Field(False, description="Pass this reward through DRS (its raw similarity feeds DAR).")
-    roles: list[Literal["subject", "style", "background", "lighting", "pose"]] | None = Field(None, description="scorer=references: the reference roles this component scores, one column per such reference (None: every role the scorer knows).")
+    roles: list[Role] | None = Field(None, description="scorer=references: the reference roles this component scores, one column per such reference (None: every role the scorer knows).")
 
 
 class RewardsConfig(_Section):

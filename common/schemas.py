@@ -13,15 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.config import ROLES
+from common.roles import ROLES, Role
 
 __all__ = [
-    "Role", "ROLES", "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
+    "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
     "GenerateReference", "GenerateRequest", "GeneratedImage", "GenerateResponse", "ErrorBody",
     "ErrorEnvelope", "group_id_for", "ScoreRequest", "ScoreResponse", "OpenAIImage", "OpenAIImagesResponse",
 ]
-
-Role = Literal["subject", "style", "background", "lighting", "pose"]
 
 
 class _Wire(BaseModel):
