@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from common.roles import Role
@@ -93,7 +93,7 @@ class SDEConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    family: Literal["flux2-klein", "qwen-image-edit-plus"] = Field("flux2-klein", description="Diffusers pipeline family.")
+    family: str = Field("flux2-klein", description="Diffusers pipeline family: a name registered in common/policy/families/ (flux2-klein, qwen-image-edit-plus); checked at load.")
     source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
     tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, docs/measurements.md §8).")
     path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
@@ -110,11 +110,20 @@ class PolicyConfig(_Section):
     max_references: int = Field(10, ge=1, description="Most references one request or task may carry.")
     max_sequence_length: int = Field(64, ge=8, description="Text tokens (padded) of the prompt encoder.")
     finetune: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or every transformer weight.")
-    train_text_encoder: bool = Field(False, description="Train the text encoder too, every weight (flux2-klein only). A tiny policy's random frozen encoder leaves slot words too alike for placement to be learnt (docs/learning.md); a run that froze it loads it from init_weights.")
+    train_text_encoder: bool = Field(False, description="Train the text encoder too, every weight (families whose encoder can be trained: flux2-klein). A tiny policy's random frozen encoder leaves slot words too alike for placement to be learnt (docs/learning.md); a run that froze it loads it from init_weights.")
     init_weights: str | None = Field(None, description="Trainable-state safetensors loaded at build time (e.g. <sft>/trainable.safetensors of a full fine-tune); the KL 'sft' reference is taken after loading.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (finetune=lora).")
     sde: SDEConfig = Field(default_factory=SDEConfig, description="Rollout dynamics.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (GPU memory).")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        # imported here, not at the top: the registry loads the families' modules (torch), and
+        # this module is read by processes that never build a policy
+        from common.policy.families import get
+        get(v)  # UnknownFamilyError (a ValueError) names the known families
+        return v
 
     @model_validator(mode="after")
     def _multiple_of_16(self) -> "PolicyConfig":
@@ -123,8 +132,12 @@ class PolicyConfig(_Section):
                 raise ValueError(f"{name} must be a multiple of 16, got {getattr(self, name)}")
         if self.source == "pretrained" and not self.path:
             raise ValueError("path is required when source is 'pretrained'")
-        if self.train_text_encoder and self.family != "flux2-klein":
-            raise ValueError("train_text_encoder is supported for family flux2-klein only")
+        if self.train_text_encoder:
+            from common.policy.families import get, names
+            if not get(self.family).trains_text_encoder:
+                able = [n for n in names() if get(n).trains_text_encoder]
+                raise FieldError(("train_text_encoder", f"family {self.family} cannot train its text encoder; "
+                                                        f"families that can: {', '.join(able) or 'none'}"))
         return self
 
 
