@@ -19,13 +19,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from common.roles import Role
 
 __all__ = [
-    "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
+    "Dynamics", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
     "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
     "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
     "PROFILES_DIR", "format_validation_error", "FieldError",
 ]
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the stochastic dynamics of a train step (docs/algorithm.md §4); common.policy.sde implements them
+Dynamics = Literal["flow-sde", "dance-sde", "cps", "ode"]
 
 
 class _Section(BaseModel):
@@ -86,7 +88,7 @@ class LoraConfig(_Section):
 
 
 class SDEConfig(_Section):
-    dynamics: Literal["flow-sde", "dance-sde", "cps", "ode"] = Field("flow-sde", description="Stochastic dynamics of the train steps.")
+    dynamics: Dynamics = Field("flow-sde", description="Stochastic dynamics of the train steps.")
     noise_level: float = Field(1.0, ge=0, description="eta: noise level of the SDE on train steps (0 elsewhere).")
     train_steps: list[int] = Field([1, 2, 3], description="Step indices the noisy train steps are drawn from.")
     num_train_steps: int = Field(1, ge=1, description="How many of `train_steps` are drawn (seeded) per rollout.")
