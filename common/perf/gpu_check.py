@@ -190,7 +190,7 @@ def _sampling(policy, pcfg, args, refs, dev, out):
 def _shapes(policy, ro, args) -> dict:
     c = ro.cond
     ref_tokens = int(c.tensors["image_latents"].shape[1]) if "image_latents" in c.tensors else 0
-    return {"height": ro.params["height"], "width": ro.params["width"], "steps": args.steps, "refs": ro.n_refs,
+    return {"height": ro.params.height, "width": ro.params.width, "steps": args.steps, "refs": ro.n_refs,
             "group_size": args.group_size, "image_tokens": int(c.meta["seq_len"]), "reference_tokens": ref_tokens,
             "text_tokens": int(c.tensors["prompt_embeds"].shape[1]),
             "transformer_sequence": int(c.meta["seq_len"]) + ref_tokens + int(c.tensors["prompt_embeds"].shape[1])}
@@ -202,7 +202,7 @@ def _mfu(policy, ro, args, refs, dev, card, sampling) -> dict:
     x = torch.randn(g, *ro.x_t.shape[2:], device=dev)
     with torch.no_grad():
         f_fwd, _ = count_flops(lambda: policy.velocity(cond, x, ro.sigmas[1]))
-        f_enc, _ = count_flops(lambda: policy.encode(PROMPT, refs, ro.params["height"], ro.params["width"]))
+        f_enc, _ = count_flops(lambda: policy.encode(PROMPT, refs, ro.params.height, ro.params.width))
         f_dec, _ = count_flops(lambda: policy.family.decode(x, cond))
     per_image = (args.steps * f_fwd + f_enc + f_dec) / g
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

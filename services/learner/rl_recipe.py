@@ -325,7 +325,7 @@ class RLRecipe:
         out = self.policy.step_log_prob(ro.cond, x_t, x_next, idx, ro.sigmas, ro.params)
         kl = None
         if self.rl.kl.beta > 0:
-            dyn, eta = ro.params.get("dynamics", "flow-sde"), float(ro.params.get("noise_level", 1.0))
+            dyn, eta = ro.params.dynamics, float(ro.params.noise_level)
             sigma, sigma_next = ro.sigmas[idx], ro.sigmas[idx + 1]
             with torch.no_grad():
                 v_ref = self.policy.reference_velocity(ro.cond, x_t, sigma, mode=self.rl.kl.reference)
