@@ -95,7 +95,7 @@ class SDEConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    family: str = Field("flux2-klein", description="Diffusers pipeline family: a name registered in common/policy/families/ (flux2-klein, qwen-image-edit-plus); checked at load.")
+    family: str = Field("flux2-klein", description="Diffusers pipeline family: a name registered in common/policy/families/ (e.g. flux2-klein, qwen-image-edit-plus); checked at load.")
     source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
     tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, docs/measurements.md §8).")
     path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
