@@ -3,7 +3,8 @@
 A family is a :class:`~common.policy.families.base.Family` subclass in its own module here; it
 says everything DyRef needs to know about one diffusers pipeline family (see base.py). Adding a
 family means writing its module and one ``register(...)`` line below; ``policy.family`` is checked
-against this registry when the configuration loads, and nothing else branches on the name.
+against this registry when the configuration loads, and no other library or service code branches
+on the name.
 """
 from __future__ import annotations
 

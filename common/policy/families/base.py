@@ -5,7 +5,7 @@ a :class:`Family` subclass in its own module beside this one, says everything Dy
 about it: the diffusers pipeline class, the released LoRA targets, whether its text encoder can be
 trained, how to build a tiny or a real-architecture pipeline, and the per-call glue on an instance
 (conditioning, velocity, schedule, noise, decode). The registry (``common.policy.families``) finds
-the class by name; nothing else branches on a family's name.
+the class by name; no other library or service code branches on a family's name.
 
 The glue reuses the pipeline's own methods (encode_prompt, prepare_image_latents / prepare_latents,
 _pack_latents, _unpack_*), so the policy's denoising loop feeds the transformer exactly what
