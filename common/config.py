@@ -13,18 +13,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from common.roles import Role
+
 __all__ = [
-    "ROLES", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
+    "Dynamics", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
     "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
     "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
     "PROFILES_DIR", "format_validation_error", "FieldError",
 ]
 
-ROLES = ("subject", "style", "background", "lighting", "pose")
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the stochastic dynamics of a train step (docs/algorithm.md §4); common.policy.sde implements them
+Dynamics = Literal["flow-sde", "dance-sde", "cps", "ode"]
 
 
 class _Section(BaseModel):
@@ -86,14 +89,14 @@ class LoraConfig(_Section):
 
 
 class SDEConfig(_Section):
-    dynamics: Literal["flow-sde", "dance-sde", "cps", "ode"] = Field("flow-sde", description="Stochastic dynamics of the train steps.")
+    dynamics: Dynamics = Field("flow-sde", description="Stochastic dynamics of the train steps.")
     noise_level: float = Field(1.0, ge=0, description="eta: noise level of the SDE on train steps (0 elsewhere).")
     train_steps: list[int] = Field([1, 2, 3], description="Step indices the noisy train steps are drawn from.")
     num_train_steps: int = Field(1, ge=1, description="How many of `train_steps` are drawn (seeded) per rollout.")
 
 
 class PolicyConfig(_Section):
-    family: Literal["flux2-klein", "qwen-image-edit-plus"] = Field("flux2-klein", description="Diffusers pipeline family.")
+    family: str = Field("flux2-klein", description="Diffusers pipeline family: a name registered in common/policy/families/ (e.g. flux2-klein, qwen-image-edit-plus); checked at load.")
     source: Literal["tiny", "pretrained"] = Field("tiny", description="tiny: random weights built from configs (CPU, tests); pretrained: load from `path`.")
     tiny_size: Literal["tiny", "small"] = Field("tiny", description="source=tiny, flux2-klein only: tiny (67 k params, random VAE; tests, RL plumbing) or small (0.4 M, lossless pixel codec, word tokenizer: learns the synthetic task in CPU-minutes, docs/measurements.md §8).")
     path: str | None = Field(None, description="Local directory of the pretrained pipeline (never downloaded).")
@@ -110,11 +113,20 @@ class PolicyConfig(_Section):
     max_references: int = Field(10, ge=1, description="Most references one request or task may carry.")
     max_sequence_length: int = Field(64, ge=8, description="Text tokens (padded) of the prompt encoder.")
     finetune: Literal["lora", "full"] = Field("lora", description="Train a LoRA adapter or every transformer weight.")
-    train_text_encoder: bool = Field(False, description="Train the text encoder too, every weight (flux2-klein only). A tiny policy's random frozen encoder leaves slot words too alike for placement to be learnt (docs/learning.md); a run that froze it loads it from init_weights.")
+    train_text_encoder: bool = Field(False, description="Train the text encoder too, every weight (families whose encoder can be trained: flux2-klein). A tiny policy's random frozen encoder leaves slot words too alike for placement to be learnt (docs/learning.md); a run that froze it loads it from init_weights.")
     init_weights: str | None = Field(None, description="Trainable-state safetensors loaded at build time (e.g. <sft>/trainable.safetensors of a full fine-tune); the KL 'sft' reference is taken after loading.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (finetune=lora).")
     sde: SDEConfig = Field(default_factory=SDEConfig, description="Rollout dynamics.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (GPU memory).")
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        # imported here, not at the top: the registry loads the families' modules (torch), and
+        # this module is read by processes that never build a policy
+        from common.policy.families import get
+        get(v)  # UnknownFamilyError (a ValueError) names the known families
+        return v
 
     @model_validator(mode="after")
     def _multiple_of_16(self) -> "PolicyConfig":
@@ -123,8 +135,12 @@ class PolicyConfig(_Section):
                 raise ValueError(f"{name} must be a multiple of 16, got {getattr(self, name)}")
         if self.source == "pretrained" and not self.path:
             raise ValueError("path is required when source is 'pretrained'")
-        if self.train_text_encoder and self.family != "flux2-klein":
-            raise ValueError("train_text_encoder is supported for family flux2-klein only")
+        if self.train_text_encoder:
+            from common.policy.families import get, names
+            if not get(self.family).trains_text_encoder:
+                able = [n for n in names() if get(n).trains_text_encoder]
+                raise FieldError(("train_text_encoder", f"family {self.family} cannot train its text encoder; "
+                                                        f"families that can: {', '.join(able) or 'none'}"))
         return self
 
 
@@ -241,9 +257,9 @@ class RewardComponent(_Section):
     name: str = Field(..., description="Reward name (metric label, GDPO component).")
     scorer: Literal["similarity", "style", "judge", "lighting", "colour", "references"] = Field(..., description="Which scorer deployment computes it. references: one similarity per reference of the task, by role (common.rewards.per_reference).")
     weight: float = Field(1.0, description="Weight in the GDPO/GRPO sum.")
-    against: Literal["target", "subject", "style", "background", "lighting", "pose", "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers). scorer=references: 'none' scores each reference of `roles`; 'target' scores the image outside the subjects' boxes against the target there (one column).")
+    against: Literal["target", Role, "none"] = Field("target", description="Compare with the ground-truth target, with each reference of this role, or nothing (image-only scorers). scorer=references: 'none' scores each reference of `roles`; 'target' scores the image outside the subjects' boxes against the target there (one column).")
     drs: bool = Field(False, description="Pass this reward through DRS (its raw similarity feeds DAR).")
-    roles: list[Literal["subject", "style", "background", "lighting", "pose"]] | None = Field(None, description="scorer=references: the reference roles this component scores, one column per such reference (None: every role the scorer knows).")
+    roles: list[Role] | None = Field(None, description="scorer=references: the reference roles this component scores, one column per such reference (None: every role the scorer knows).")
 
 
 class RewardsConfig(_Section):

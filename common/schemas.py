@@ -13,15 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.config import ROLES
+from common.config import Dynamics, PolicyConfig, SDEConfig
+from common.roles import ROLES, Role
 
 __all__ = [
-    "Role", "ROLES", "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
+    "Reference", "SamplingParams", "Task", "GroupHeader", "WeightVersion",
     "GenerateReference", "GenerateRequest", "GeneratedImage", "GenerateResponse", "ErrorBody",
     "ErrorEnvelope", "group_id_for", "ScoreRequest", "ScoreResponse", "OpenAIImage", "OpenAIImagesResponse",
 ]
-
-Role = Literal["subject", "style", "background", "lighting", "pose"]
 
 
 class _Wire(BaseModel):
@@ -46,15 +45,32 @@ class Reference(_Wire):
         return v
 
 
+def _default(section: type[BaseModel], name: str):
+    return section.model_fields[name].default
+
+
 class SamplingParams(_Wire):
-    num_inference_steps: int = Field(6, ge=1, le=200)
-    height: int = Field(64, ge=16, le=4096)
-    width: int = Field(64, ge=16, le=4096)
-    noise_level: float = Field(1.0, ge=0)
-    dynamics: Literal["flow-sde", "dance-sde", "cps", "ode"] = "flow-sde"
-    train_steps: tuple[int, ...] = Field((1, 2, 3), description="Indices the train steps are drawn from.")
-    num_train_steps: int = Field(1, ge=1)
+    """How one task's group is sampled. The defaults are the config's own (policy.* and
+    policy.sde.*), read from its field declarations, so there is one place to change them; a run
+    builds its parameters with :meth:`from_config`."""
+    num_inference_steps: int = Field(_default(PolicyConfig, "num_inference_steps"), ge=1, le=200)
+    height: int = Field(_default(PolicyConfig, "height"), ge=16, le=4096)
+    width: int = Field(_default(PolicyConfig, "width"), ge=16, le=4096)
+    noise_level: float = Field(_default(SDEConfig, "noise_level"), ge=0)
+    dynamics: Dynamics = _default(SDEConfig, "dynamics")
+    train_steps: tuple[int, ...] = Field(tuple(_default(SDEConfig, "train_steps")),
+                                         description="Indices the train steps are drawn from.")
+    num_train_steps: int = Field(_default(SDEConfig, "num_train_steps"), ge=1)
+    # rollouts run without CFG whatever this says (docs/algorithm.md §9); kept so task payloads keep their shape
     guidance_scale: float = Field(1.0, ge=0)
+
+    @classmethod
+    def from_config(cls, policy: PolicyConfig, **overrides) -> "SamplingParams":
+        """The rollout parameters a run's config asks for (``overrides`` replace single fields)."""
+        sde = policy.sde
+        return cls(**{"num_inference_steps": policy.num_inference_steps, "height": policy.height,
+                      "width": policy.width, "noise_level": sde.noise_level, "dynamics": sde.dynamics,
+                      "train_steps": tuple(sde.train_steps), "num_train_steps": sde.num_train_steps, **overrides})
 
 
 class Task(_Wire):

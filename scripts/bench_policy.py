@@ -55,10 +55,8 @@ def bench(family: str, args) -> dict:
     refs = _refs(args.refs, pcfg.reference_size)
     typed = [("subject", r) for r in refs]
     n = args.steps or pcfg.num_inference_steps
-    params = SamplingParams(num_inference_steps=n, height=pcfg.height, width=pcfg.width,
-                            dynamics=pcfg.sde.dynamics, noise_level=pcfg.sde.noise_level,
-                            train_steps=tuple(s for s in pcfg.sde.train_steps if s < n) or (0,),
-                            num_train_steps=pcfg.sde.num_train_steps)
+    params = SamplingParams.from_config(pcfg, num_inference_steps=n,
+                                        train_steps=tuple(s for s in pcfg.sde.train_steps if s < n) or (0,))
     prompt = "a red apple on a wooden table, in the style of image 2"
     g = args.group_size
 

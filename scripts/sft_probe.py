@@ -72,8 +72,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.te_layers:
-        import common.policy.tiny as tiny
-        tiny.SMALL_FLUX_OUT_LAYERS = tuple(a.te_layers)
+        import common.policy.families.flux2_klein as flux2_klein
+        flux2_klein.SMALL_FLUX_OUT_LAYERS = tuple(a.te_layers)
     ref = a.size // 2
     train, test = make_train_test(a.n_train, a.n_test, a.seed, size=a.size, ref_size=ref, max_refs=a.max_refs,
                                   categories=a.categories)

@@ -25,6 +25,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from common.bench.loader import BenchCase
 
+from common.rewards.judge import SENT_ROLES  # the OmniRef judge's message order, shared
 from common.rewards.judge_openai import RateLimiter  # noqa: E402  (re-exported for callers)
 
 __all__ = ["JUDGE_DIMS", "applicable_dims", "build_judge_request", "parse_omniref_answer", "JudgeClient",
@@ -34,7 +35,6 @@ JUDGE_DIMS = ("text_adherence", "subject_consistency", "style_consistency", "lig
               "background_consistency", "aesthetic_quality")
 _DIM_ROLE = {"subject_consistency": "subject", "style_consistency": "style",
              "lighting_consistency": "lighting", "background_consistency": "background"}
-_SENT_ROLES = ("subject", "style", "lighting", "background")
 
 RUBRIC = """You are a strict evaluator of multi-reference image generation. Score the GENERATED image
 (the last image) on six dimensions from 0 to 10 with conservative anchors: 10 = flawless,
@@ -64,7 +64,7 @@ def build_judge_request(case: BenchCase, refs: list[tuple[str, Image.Image, str]
                         image: Image.Image) -> tuple[str, list[Image.Image]]:
     """(text, images in rubric order). Images: subjects, style, lighting, background, generated."""
     images, lines = [], [RUBRIC, "", f"Prompt: {case.prompt}"]
-    for role in _SENT_ROLES:
+    for role in SENT_ROLES:
         mine = [(img, name) for r, img, name in refs if r == role]
         if not mine:
             lines.append(f"{role} reference: None")

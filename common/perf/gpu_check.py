@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--profile", choices=["gpu", "cpu-tiny"], default="gpu")
     ap.add_argument("--arch", default="qwen-image-edit-2511",
                     help="gpu profile: qwen-image-edit-2511 | flux2-klein-9b | flux2-klein-4b")
-    ap.add_argument("--family", default="flux2-klein", choices=["flux2-klein", "qwen-image-edit-plus"],
-                    help="cpu-tiny profile: which tiny pipeline")
+    from common.policy.families import names
+    ap.add_argument("--family", default="flux2-klein", choices=names(), help="cpu-tiny profile: which tiny pipeline")
     ap.add_argument("--size", type=int, default=None, help="output and reference side (gpu 512, cpu-tiny 64)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--refs", type=int, default=4)
@@ -116,6 +116,7 @@ def _build(args):
             "num_inference_steps": args.steps, "gradient_checkpointing": True,
             "lora": base.lora.model_copy(update={"rank": args.lora_rank or 8, "alpha": float(args.lora_rank or 8)})})
         return build_policy(pcfg), pcfg, f"tiny-{args.family}", notes
+    from common.policy import families
     from common.policy.arch import ARCHES, build_random_policy
     if args.arch not in ARCHES:
         raise SystemExit(f"--arch must be one of {', '.join(ARCHES)}, got {args.arch!r}")
@@ -130,7 +131,7 @@ def _build(args):
     pcfg = base.model_copy(update={
         "family": family, "path": f"random-arch:{args.arch}", "device": "cuda" if torch.cuda.is_available() else "cpu",
         "dtype": "bfloat16", "height": size, "width": size, "reference_size": size, "encoder_reference_size": 384,
-        "num_inference_steps": args.steps, "max_sequence_length": 512 if family == "flux2-klein" else 1024,
+        "num_inference_steps": args.steps, "max_sequence_length": families.get(family).max_prompt_tokens,
         "gradient_checkpointing": True,
         "lora": base.lora.model_copy(update={"rank": rank, "alpha": float(rank), "init_adapter": None, "targets": None})})
     return build_random_policy(pcfg, args.arch), pcfg, args.arch, notes
@@ -189,7 +190,7 @@ def _sampling(policy, pcfg, args, refs, dev, out):
 def _shapes(policy, ro, args) -> dict:
     c = ro.cond
     ref_tokens = int(c.tensors["image_latents"].shape[1]) if "image_latents" in c.tensors else 0
-    return {"height": ro.params["height"], "width": ro.params["width"], "steps": args.steps, "refs": ro.n_refs,
+    return {"height": ro.params.height, "width": ro.params.width, "steps": args.steps, "refs": ro.n_refs,
             "group_size": args.group_size, "image_tokens": int(c.meta["seq_len"]), "reference_tokens": ref_tokens,
             "text_tokens": int(c.tensors["prompt_embeds"].shape[1]),
             "transformer_sequence": int(c.meta["seq_len"]) + ref_tokens + int(c.tensors["prompt_embeds"].shape[1])}
@@ -201,7 +202,7 @@ def _mfu(policy, ro, args, refs, dev, card, sampling) -> dict:
     x = torch.randn(g, *ro.x_t.shape[2:], device=dev)
     with torch.no_grad():
         f_fwd, _ = count_flops(lambda: policy.velocity(cond, x, ro.sigmas[1]))
-        f_enc, _ = count_flops(lambda: policy.encode(PROMPT, refs, ro.params["height"], ro.params["width"]))
+        f_enc, _ = count_flops(lambda: policy.encode(PROMPT, refs, ro.params.height, ro.params.width))
         f_dec, _ = count_flops(lambda: policy.family.decode(x, cond))
     per_image = (args.steps * f_fwd + f_enc + f_dec) / g
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -9,29 +9,27 @@ import logging
 
 import torch
 
-from common.policy.families import TINY_EXTRA_TARGETS, Cond, family_for
+from common.policy import families
+from common.policy.families import Cond, PolicyLoadError, UnknownFamilyError
 from common.policy.lora import AdapterError, make_lora_config, read_adapter_dir, to_param_names
 from common.policy.policy import MRIGPolicy, SamplingError, TrainableStateError, mix_seed
 from common.policy.references import (CompiledReferences, InvalidReferenceError, ReferenceError_,
                                       TooManyReferencesError, UnknownRoleError, compile_references)
 from common.policy.rollout import GroupRollout, StepOutput
-from common.policy.tiny import PolicyLoadError
 
 __all__ = ["build_policy", "MRIGPolicy", "GroupRollout", "StepOutput", "Cond", "CompiledReferences",
            "compile_references", "default_lora_targets", "ReferenceError_", "TooManyReferencesError",
            "UnknownRoleError", "InvalidReferenceError", "TrainableStateError", "SamplingError", "AdapterError",
-           "PolicyLoadError", "mix_seed"]
+           "PolicyLoadError", "UnknownFamilyError", "mix_seed"]
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_lora_targets(family: str, source: str) -> list[str]:
-    """The released defaults (docs/algorithm.md §9); the tiny profile adds proj_out + norm_out.linear
-    (see families.py)."""
-    from common.policy.families import FLUX_LORA_TARGETS, QWEN_LORA_TARGETS
-    base = FLUX_LORA_TARGETS if family == "flux2-klein" else QWEN_LORA_TARGETS
-    return list(base) + (TINY_EXTRA_TARGETS if source == "tiny" else [])
+    """The family's released defaults (docs/algorithm.md §9); the tiny profile adds proj_out +
+    norm_out.linear (common/policy/families/base.py). An unknown family raises UnknownFamilyError."""
+    return families.get(family).lora_targets(source)
 
 
 def build_policy(cfg) -> MRIGPolicy:
@@ -40,25 +38,20 @@ def build_policy(cfg) -> MRIGPolicy:
     tiny: random seeded pipeline built in code (no files, no network). pretrained: the pipeline at
     ``cfg.path`` (local only; PolicyLoadError if missing). LoRA starts from ``cfg.lora.init_adapter``
     when given; its adapter_config.json then decides rank, alpha and targets (as the paper's
-    resume_path does), otherwise cfg.lora (targets None -> :func:`default_lora_targets`).
+    resume_path does), otherwise cfg.lora (targets None -> the family's, :func:`default_lora_targets`).
     """
-    from common.policy import tiny
+    fam = families.get(cfg.family)
     dtype = _DTYPES[cfg.dtype]
     if cfg.source == "tiny":
-        if cfg.family == "flux2-klein" and getattr(cfg, "tiny_size", "tiny") == "small":
-            pipe, out_layers = tiny.build_small_flux2_klein(cfg.seed), tiny.SMALL_FLUX_OUT_LAYERS
-        elif cfg.family == "flux2-klein":
-            pipe, out_layers = tiny.build_tiny_flux2_klein(cfg.seed), tiny.TINY_FLUX_OUT_LAYERS
-        else:
-            pipe, out_layers = tiny.build_tiny_qwen_image_edit_plus(cfg.seed), None
+        pipe, out_layers = fam.build_tiny(cfg.seed, getattr(cfg, "tiny_size", "tiny"))
     else:
-        pipe, out_layers = tiny.load_pretrained(cfg.family, cfg.path, dtype), None
+        pipe, out_layers = fam.load_pretrained(cfg.path, dtype), None
     if cfg.source == "tiny" and dtype != torch.float32:
         pipe.to(dtype=dtype)  # pretrained pipelines are loaded in their dtype already
     if torch.device(cfg.device).type != "cpu":
         pipe.to(cfg.device)
     pipe.set_progress_bar_config(disable=True)
-    family = family_for(cfg.family, pipe, out_layers)
+    family = fam(pipe, out_layers)
     lora_config, init_state = None, None
     if cfg.finetune == "lora":
         if cfg.lora.init_adapter:
@@ -67,7 +60,7 @@ def build_policy(cfg) -> MRIGPolicy:
             log.info("LoRA from %s: r=%s alpha=%s targets=%s (adapter_config.json overrides cfg.lora)",
                      cfg.lora.init_adapter, lora_config.r, lora_config.lora_alpha, lora_config.target_modules)
         else:
-            targets = cfg.lora.targets or default_lora_targets(cfg.family, cfg.source)
+            targets = cfg.lora.targets or fam.lora_targets(cfg.source)
             lora_config = make_lora_config(cfg.lora.rank, cfg.lora.alpha, targets)
     policy = MRIGPolicy(cfg, pipe, family, lora_config=lora_config, init_state=init_state)
     if getattr(cfg, "init_weights", None):

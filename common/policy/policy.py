@@ -30,6 +30,7 @@ from common.policy.lora import (ADAPTER, REFERENCE_ADAPTER, AdapterError,
 from common.policy.references import CompiledReferences, compile_references
 from common.policy.rollout import GroupRollout, StepOutput
 from common.policy.sde import DYNAMICS, sde_step
+from common.schemas import SamplingParams
 
 __all__ = ["MRIGPolicy", "TrainableStateError", "SamplingError", "mix_seed"]
 
@@ -54,10 +55,13 @@ _INIT, _SDE, _STEPS, _LORA = 1, 2, 3, 4
 TEXT_ENCODER_PREFIX = "text_encoder."
 
 
-def _param(params: Any, name: str, default=None):
-    if isinstance(params, dict):
-        return params.get(name, default)
-    return getattr(params, name, default)
+def _sampling(params: SamplingParams) -> SamplingParams:
+    # typed, never a dict: a dict lacking a field used to get a fallback written here, which need not
+    # be the config's; SamplingParams' defaults are the config's, declared once
+    if not isinstance(params, SamplingParams):
+        raise TypeError(f"sampling params must be a common.schemas.SamplingParams, got {type(params).__name__} "
+                        f"(SamplingParams.from_config(policy_config) builds a run's)")
+    return params
 
 
 class MRIGPolicy:
@@ -73,8 +77,8 @@ class MRIGPolicy:
         self.lora_config = lora_config
         self.training = False
         self.train_text_encoder = bool(getattr(cfg, "train_text_encoder", False))
-        if self.train_text_encoder and family.name != "flux2-klein":
-            raise ValueError(f"policy.train_text_encoder is supported for flux2-klein only, not {family.name}")
+        if self.train_text_encoder and not family.trains_text_encoder:
+            raise ValueError(f"policy.train_text_encoder: family {family.name} cannot train its text encoder")
         for m in (pipe.text_encoder, pipe.vae):
             m.requires_grad_(False)
             m.eval()
@@ -299,15 +303,15 @@ class MRIGPolicy:
         return self.family.velocity(self._model, cond, x, sigma, text_encoder=te)
 
     def step_log_prob(self, cond: Cond, x_t: torch.Tensor, x_next: torch.Tensor, step_index, sigmas: torch.Tensor,
-                      params: Any) -> StepOutput:
+                      params: SamplingParams) -> StepOutput:
         """log p(x_next | x_t) at schedule index ``step_index`` (int or [B]) under the current weights.
 
         x_t, x_next: [B,S,C] (members of one group share ``cond``); sigmas [N+1] from the rollout;
-        params: SamplingParams or dict with ``dynamics`` and ``noise_level``. Differentiable w.r.t.
-        :meth:`trainable_parameters`; this is the PPO ratio's numerator.
+        params: the rollout's SamplingParams (its ``dynamics`` and ``noise_level`` are read).
+        Differentiable w.r.t. :meth:`trainable_parameters`; this is the PPO ratio's numerator.
         """
-        dyn = _param(params, "dynamics", "flow-sde")
-        eta = float(_param(params, "noise_level", 1.0))
+        params = _sampling(params)
+        dyn, eta = params.dynamics, float(params.noise_level)
         x_t = x_t.to(self.device, torch.float32)
         x_next = x_next.to(self.device, torch.float32)
         sigmas = sigmas.to(self.device, torch.float32)
@@ -322,11 +326,10 @@ class MRIGPolicy:
         xs = [self.family.noise(torch.Generator().manual_seed(mix_seed(seed, _INIT, g)), cond) for g in range(n)]
         return torch.cat(xs, 0).to(self.device)
 
-    def choose_train_steps(self, params: Any, seed: int) -> list[int]:
+    def choose_train_steps(self, params: SamplingParams, seed: int) -> list[int]:
         """The train steps of one rollout: ``num_train_steps`` of ``train_steps`` drawn with a seeded randperm."""
-        steps = list(_param(params, "train_steps", (1, 2, 3)))
-        k = int(_param(params, "num_train_steps", 1))
-        n = int(_param(params, "num_inference_steps"))
+        params = _sampling(params)
+        steps, k, n = list(params.train_steps), int(params.num_train_steps), int(params.num_inference_steps)
         if not steps:
             raise SamplingError("train_steps is empty")
         if k > len(steps):
@@ -339,20 +342,20 @@ class MRIGPolicy:
     # ---- sampling ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_group(self, prompt: str, references, group_size: int, params: Any, seed: int) -> GroupRollout:
+    def sample_group(self, prompt: str, references, group_size: int, params: SamplingParams, seed: int) -> GroupRollout:
         """G rollouts of one prompt: ODE except on the seeded train steps, where ``params.dynamics``
         adds noise and the transition and its log-prob are stored. Same seed -> identical output;
-        members draw independent noise."""
+        members draw independent noise. The rollout carries ``params`` for the learner's recompute."""
         if group_size < 1:
             raise SamplingError(f"group_size must be >= 1, got {group_size}")
-        dyn = _param(params, "dynamics", "flow-sde")
+        params = _sampling(params)
+        dyn = params.dynamics
         if dyn not in DYNAMICS:
             raise SamplingError(f"unknown dynamics {dyn!r}; expected one of {', '.join(DYNAMICS)}")
-        eta = float(_param(params, "noise_level", 1.0))
+        eta = float(params.noise_level)
         if dyn in ("flow-sde", "dance-sde") and eta <= 0:
             raise SamplingError(f"{dyn} needs noise_level > 0 on train steps (no log-prob at 0)")
-        n_steps = int(_param(params, "num_inference_steps"))
-        h, w = int(_param(params, "height", self.cfg.height)), int(_param(params, "width", self.cfg.width))
+        n_steps, h, w = int(params.num_inference_steps), int(params.height), int(params.width)
         train = self.choose_train_steps(params, seed)
         cond, _, refs = self.encode(prompt, references, h, w)
         sigmas = self.family.schedule(n_steps, cond.meta["seq_len"]).to(self.device)
@@ -372,13 +375,10 @@ class MRIGPolicy:
             else:
                 x = x + (s1 - s) * v  # Euler ODE step, as scheduler.step does in fp32
         images = self.family.decode(x, cond)
-        pdict = {"dynamics": dyn, "noise_level": eta, "num_inference_steps": n_steps, "height": h, "width": w,
-                 "train_steps": list(_param(params, "train_steps", (1, 2, 3))),
-                 "num_train_steps": int(_param(params, "num_train_steps", 1))}
         return GroupRollout(images=images, x_t=torch.stack(xt, 1).cpu(), x_next=torch.stack(xn, 1).cpu(),
                             step_indices=torch.tensor(train, dtype=torch.int64), log_probs=torch.stack(lps, 1).cpu(),
                             sigmas=sigmas.cpu(), cond=cond.to("cpu"), seed=int(seed), prompt=prompt,
-                            n_refs=len(refs), params=pdict, roles=list(refs.roles))
+                            n_refs=len(refs), params=params, roles=list(refs.roles))
 
     @torch.no_grad()
     def generate(self, prompt: str, references=None, n: int = 1, height: int | None = None, width: int | None = None,

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from PIL import Image
 
-from common.config import ROLES
+from common.roles import ROLES
 from common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 __all__ = ["ReferenceError_", "TooManyReferencesError", "UnknownRoleError", "InvalidReferenceError", "ImageError",

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from common.policy.families import Cond
+from common.schemas import SamplingParams
 
 __all__ = ["GroupRollout", "StepOutput"]
+
+# SamplingParams fields a group payload may lack: generators before issue 18 did not send it, and
+# rollouts never use it (no CFG in RL, docs/algorithm.md §9)
+_PARAMS_OPTIONAL = ("guidance_scale",)
 
 
 @dataclass
@@ -30,7 +34,7 @@ class GroupRollout:
     steps): x_t, x_next float32 [G,T,S,C]; step_indices int64 [T] (indices into the schedule);
     log_probs float32 [G,T] (rollout-time log p(x_next | x_t), per-element mean); sigmas float32
     [N+1] (last 0); cond: the group's conditioning (batch 1) needed to recompute the velocity.
-    params: the SamplingParams fields used (dynamics, noise_level, num_inference_steps, ...).
+    params: the SamplingParams the group was sampled with (the learner reads dynamics and noise_level).
     """
     images: np.ndarray
     x_t: torch.Tensor
@@ -42,7 +46,7 @@ class GroupRollout:
     seed: int
     prompt: str
     n_refs: int
-    params: dict[str, Any] = field(default_factory=dict)
+    params: SamplingParams
     roles: list[str] = field(default_factory=list)
 
     @property
@@ -65,20 +69,29 @@ class GroupRollout:
             "sigmas": self.sigmas.detach().cpu().float().numpy(),
             "cond": self.cond.to_wire(),
             "seed": int(self.seed), "prompt": self.prompt, "n_refs": int(self.n_refs),
-            "params": dict(self.params), "roles": list(self.roles),
+            "params": {**self.params.model_dump(), "train_steps": list(self.params.train_steps)},
+            "roles": list(self.roles),
         }
 
     @classmethod
     def from_wire(cls, d: dict) -> "GroupRollout":
         from common.codec import to_torch
-        need = ("images", "x_t", "x_next", "step_indices", "log_probs", "sigmas", "cond", "seed", "prompt", "n_refs")
+        need = ("images", "x_t", "x_next", "step_indices", "log_probs", "sigmas", "cond", "seed", "prompt", "n_refs",
+                "params")
         missing = [k for k in need if k not in d]
         if missing:
             raise ValueError(f"group rollout payload lacks {', '.join(missing)}")
+        params = d["params"]
+        if not isinstance(params, dict):
+            raise ValueError(f"group rollout params must be a mapping, got {type(params).__name__}")
+        missing = [k for k in SamplingParams.model_fields if k not in params and k not in _PARAMS_OPTIONAL]
+        if missing:
+            # a default here would silently recompute the log-probs under other dynamics than the sample's
+            raise ValueError(f"group rollout params lack {', '.join(missing)}")
         r = cls(images=np.array(d["images"], dtype=np.uint8), x_t=to_torch(d["x_t"]), x_next=to_torch(d["x_next"]),
                 step_indices=to_torch(d["step_indices"]), log_probs=to_torch(d["log_probs"]),
                 sigmas=to_torch(d["sigmas"]), cond=Cond.from_wire(d["cond"]), seed=int(d["seed"]),
-                prompt=str(d["prompt"]), n_refs=int(d["n_refs"]), params=dict(d.get("params", {})),
+                prompt=str(d["prompt"]), n_refs=int(d["n_refs"]), params=SamplingParams.model_validate(params),
                 roles=list(d.get("roles", [])))
         g, t = r.log_probs.shape
         if r.x_t.shape[:2] != (g, t) or r.x_next.shape != r.x_t.shape or r.step_indices.shape != (t,) \

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import torch
 
+from common.config import Dynamics
+
 __all__ = ["DYNAMICS", "Dynamics", "SDEStep", "sde_step", "step_std", "kl_std_dev_t", "gaussian_log_prob"]
 
-Dynamics = Literal["flow-sde", "dance-sde", "cps", "ode"]
-DYNAMICS = ("flow-sde", "dance-sde", "cps", "ode")
+DYNAMICS: tuple[Dynamics, ...] = get_args(Dynamics)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 

@@ -25,8 +25,10 @@ from typing import Iterable, Sequence, Union
 
 from PIL import Image
 
+from common.roles import ROLES, Role
+
 __all__ = [
-    "DIMENSIONS", "ROLE_DIMENSION", "JudgeRequest", "JudgeError", "Part", "applicable_dimensions",
+    "DIMENSIONS", "ROLE_DIMENSION", "SENT_ROLES", "JudgeRequest", "JudgeError", "Part", "applicable_dimensions",
     "build_judge_parts", "dimension_rubric", "parse_judge_answer", "judge_mean", "JudgeBase",
 ]
 
@@ -34,7 +36,7 @@ DIMENSIONS = ("text_adherence", "subject_consistency", "style_consistency", "lig
               "background_consistency", "aesthetic_quality")
 ROLE_DIMENSION = {"subject": "subject_consistency", "style": "style_consistency",
                   "lighting": "lighting_consistency", "background": "background_consistency"}
-_SENT_ROLES = ("subject", "style", "lighting", "background")             # message order; pose is not sent
+SENT_ROLES: tuple[Role, ...] = ("subject", "style", "lighting", "background")  # message order; pose is not sent
 
 _ANCHORS = ("Conservative scoring: 10 = flawless; 8 = excellent with negligible flaws; 6 = passable; "
             "below 5 = noticeable errors. Use the full 0-10 range.")
@@ -100,7 +102,7 @@ def build_judge_parts(req: JudgeRequest, dimensions: Sequence[str], answer_forma
     if unknown:
         raise ValueError(f"unknown judge dimensions {unknown}; expected a subset of {DIMENSIONS}")
     roles = [r for r, _ in req.references]
-    bad = [r for r in roles if r not in (*_SENT_ROLES, "pose")]
+    bad = [r for r in roles if r not in ROLES]
     if bad:
         raise ValueError(f"unknown reference roles {bad}")
     parts: list[Part] = [
@@ -109,7 +111,7 @@ def build_judge_parts(req: JudgeRequest, dimensions: Sequence[str], answer_forma
         + "\nA reference type marked None is absent: its dimension must be -1.",
         f"\nText prompt: {req.prompt}\n",
     ]
-    for role in _SENT_ROLES:
+    for role in SENT_ROLES:
         imgs = [im for r, im in req.references if r == role]
         if not imgs:
             parts.append(f"{role.capitalize()} reference: None\n")

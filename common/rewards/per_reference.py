@@ -39,10 +39,11 @@ from PIL import Image
 
 from common.rewards.looks import (AREA_TOLERANCE, as_float, background_similarity, box_mask, match_map, presence,
                                   subject_look)
+from common.roles import Role
 
 __all__ = ["ReferenceInput", "PerReferenceScorer", "SCORED_ROLES", "EXCLUSIVITY_DEADZONE"]
 
-SCORED_ROLES = ("subject", "background", "style", "lighting")
+SCORED_ROLES: tuple[Role, ...] = ("subject", "background", "style", "lighting")
 EXCLUSIVITY_DEADZONE = 0.2
 POSED_AREA_TOLERANCE = 0.35  # a posed subject counts as fully present at 35 % of its upright area (the synthetic poses keep 35-100 %)
 SCENE_SCALE, SCENE_TOLERANCE = 0.1, 0.01   # the scene term: same size as the target, so a tight scale

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from common.roles import Role
 from common.synthetic.cases import SyntheticCase, to_pil
 from common.synthetic.metrics import background_error, placement_accuracy
 
@@ -28,7 +29,7 @@ __all__ = ["METRICS", "LOWER_IS_BETTER", "evaluate_policy", "summarise", "paired
 
 METRICS = ("placement", "reference_similarity", "target_similarity", "background_error")
 LOWER_IS_BETTER = frozenset({"background_error"})
-SCORED_ROLES = ("subject", "background")
+SCORED_ROLES: tuple[Role, ...] = ("subject", "background")
 
 
 def reference_inputs(case: SyntheticCase):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from common.roles import Role
 from common.synthetic.prompts import build_prompt
 from common.synthetic.scenes import (BACKGROUND_KINDS, LIGHT_DIRECTIONS, STYLE_PATTERNS, STYLE_TINTS,
                                      BackgroundSpec, LightingSpec, StyleSpec)
@@ -27,7 +28,7 @@ SLOTS = ("top left", "top center", "top right", "center left", "center", "center
          "bottom left", "bottom center", "bottom right")
 # OmniRef-Bench categories -> the non-subject roles each adds (one reference each; pose = one
 # skeleton for one of the subjects, as in every pose case of the benchmark)
-CATEGORY_ROLES: dict[str, tuple[str, ...]] = {
+CATEGORY_ROLES: dict[str, tuple[Role, ...]] = {
     "subject": (), "subject_bg": ("background",), "subject_style": ("style",),
     "subject_pose": ("pose",), "subject_bg_style": ("background", "style"),
     "subject_lighting": ("lighting",), "subject_pose_bg": ("pose", "background"),

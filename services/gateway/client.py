@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from common.config import ROLES
+from common.roles import ROLES
 
 __all__ = ["GatewayClient", "GatewayError", "parse_ref", "save_images"]
 

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from common.config import ROLES, GatewayConfig
+from common.config import GatewayConfig
 from common.images import ImageError, decode_image
+from common.roles import ROLES
 from services.gateway.errors import APIError
 
 __all__ = ["RefIn", "GenJob", "GenResult", "prepare_job", "check_url", "fetch_url", "parse_size", "is_url"]

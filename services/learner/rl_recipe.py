@@ -118,11 +118,7 @@ class RLRecipe:
             if latest is not None and latest.version > self.state.version:
                 self.state.version = latest.version + 1
             self.publish(bump=False)
-        self.sampling = SamplingParams(
-            num_inference_steps=self.cfg.policy.num_inference_steps, height=self.cfg.policy.height,
-            width=self.cfg.policy.width, noise_level=self.cfg.policy.sde.noise_level,
-            dynamics=self.cfg.policy.sde.dynamics, train_steps=tuple(self.cfg.policy.sde.train_steps),
-            num_train_steps=self.cfg.policy.sde.num_train_steps)
+        self.sampling = SamplingParams.from_config(self.cfg.policy)
         # steps a dead learner took after its last checkpoint were lost with its model: so are their groups
         self.rolled_back = self._roll_back_unsaved_steps(new_ledger=ledger is None)
         # entries this learner had read but not settled before a restart: take them back now
@@ -329,7 +325,7 @@ class RLRecipe:
         out = self.policy.step_log_prob(ro.cond, x_t, x_next, idx, ro.sigmas, ro.params)
         kl = None
         if self.rl.kl.beta > 0:
-            dyn, eta = ro.params.get("dynamics", "flow-sde"), float(ro.params.get("noise_level", 1.0))
+            dyn, eta = ro.params.dynamics, float(ro.params.noise_level)
             sigma, sigma_next = ro.sigmas[idx], ro.sigmas[idx + 1]
             with torch.no_grad():
                 v_ref = self.policy.reference_velocity(ro.cond, x_t, sigma, mode=self.rl.kl.reference)

@@ -116,61 +116,38 @@ def _materialise(make, device, dtype, seed: int):
 
 def build_random_pipeline(arch: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
                           seed: int = 0, overrides: dict[str, dict] | None = None):
-    """A diffusers pipeline (QwenImageEditPlusPipeline or Flux2KleinPipeline) of the real
+    """A diffusers pipeline (the ``pipeline_class`` of the arch's family) of the real
     architecture ``arch`` with random ``dtype`` weights allocated directly on ``device``.
 
     ``device="meta"`` builds without allocating anything (parameter counting on any machine).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from common.policy.tiny import tiny_processor, tiny_tokenizer
-    cfgs = load_arch(arch, overrides)
-    family = ARCHES[arch][1]
-    tok = tiny_tokenizer()
-    sched = FlowMatchEulerDiscreteScheduler.from_config(_public(cfgs["scheduler"]))
-    if family == "qwen-image-edit-plus":
-        from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        te_cfg = _public(cfgs["text_encoder"])
-        # the real ids (151652..151656) point into the real vocabulary; the tiny tokenizer's specials sit
-        # at 256..263, and the model finds image positions by these ids
-        ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
-            image_token_id="<|image_pad|>", video_token_id="<|video_pad|>",
-            vision_start_token_id="<|vision_start|>", vision_end_token_id="<|vision_end|>").items()}
-        te_cfg.update(ids)
-        te_cfg["text_config"] = {**te_cfg["text_config"], "bos_token_id": None, "eos_token_id": tok.eos_token_id,
-                                 "pad_token_id": tok.pad_token_id}
-        tr = _materialise(lambda: QwenImageTransformer2DModel(**_public(cfgs["transformer"])), device, dtype, seed)
-        vae = _materialise(lambda: AutoencoderKLQwenImage(**_public(cfgs["vae"])), device, dtype, seed + 1)
-        te = _materialise(lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**te_cfg)), device, dtype, seed + 2)
-        return QwenImageEditPlusPipeline(transformer=tr, vae=vae, scheduler=sched, text_encoder=te, tokenizer=tok,
-                                         processor=tiny_processor(tok))
-    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    te_cfg = {**_public(cfgs["text_encoder"]), "bos_token_id": None, "eos_token_id": tok.eos_token_id,
-              "pad_token_id": tok.pad_token_id}
-    tr = _materialise(lambda: Flux2Transformer2DModel(**_public(cfgs["transformer"])), device, dtype, seed)
-    vae = _materialise(lambda: AutoencoderKLFlux2(**_public(cfgs["vae"])), device, dtype, seed + 1)
-    te = _materialise(lambda: Qwen3ForCausalLM(Qwen3Config(**te_cfg)), device, dtype, seed + 2)
-    return Flux2KleinPipeline(scheduler=sched, text_encoder=te, tokenizer=tok, transformer=tr, vae=vae)
+
+    from common.policy import families
+    from common.policy.tiny import tiny_tokenizer
+    cfgs = {comp: _public(c) for comp, c in load_arch(arch, overrides).items()}
+    sched = FlowMatchEulerDiscreteScheduler.from_config(cfgs["scheduler"])
+    # transformer, VAE, text encoder: seed, seed + 1, seed + 2
+    return families.get(ARCHES[arch][1]).random_pipeline(
+        cfgs, tiny_tokenizer(), sched, lambda build, offset: _materialise(build, device, dtype, seed + offset))
 
 
 def build_random_policy(pcfg, arch: str, overrides: dict[str, dict] | None = None):
     """An :class:`~common.policy.MRIGPolicy` on :func:`build_random_pipeline` (device and dtype from
     ``pcfg``; ``pcfg.family`` must be the arch's family). LoRA targets default to the family's
     (docs/algorithm.md §9) without the tiny-profile extras."""
-    from common.policy import MRIGPolicy
-    from common.policy.families import family_for
+    from common.policy import _DTYPES, MRIGPolicy, families
     from common.policy.lora import make_lora_config
-    from common.policy import _DTYPES, default_lora_targets
     if ARCHES.get(arch, (None, None))[1] != pcfg.family:
         raise ArchError(f"architecture {arch!r} is not of policy family {pcfg.family!r}")
+    fam = families.get(pcfg.family)
     pipe = build_random_pipeline(arch, pcfg.device, _DTYPES[pcfg.dtype], pcfg.seed, overrides)
     pipe.set_progress_bar_config(disable=True)
     lora = None
     if pcfg.finetune == "lora":
-        targets = pcfg.lora.targets or default_lora_targets(pcfg.family, "pretrained")
+        targets = pcfg.lora.targets or fam.lora_targets("pretrained")
         lora = make_lora_config(pcfg.lora.rank, pcfg.lora.alpha, targets)
-    return MRIGPolicy(pcfg, pipe, family_for(pcfg.family, pipe), lora_config=lora)
+    return MRIGPolicy(pcfg, pipe, fam(pipe), lora_config=lora)
 
 
 def param_counts(pipe) -> dict[str, int]:

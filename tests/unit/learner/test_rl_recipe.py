@@ -12,7 +12,7 @@ from common.rl.history import bad_keys
 from common.config import RLConfig, load_config
 from common.policy.sde import sde_step
 from common.rl import ppo_loss
-from common.schemas import GroupHeader
+from common.schemas import GroupHeader, SamplingParams
 from services.learner.rl_recipe import ConsumedGroup, RLRecipe
 from services.learner.tasks import TaskSource, synthetic_cases
 
@@ -26,6 +26,7 @@ class FakePolicy:
         self.v_theta, self.v_ref, self.dyn, self.eta = v_theta, v_ref, dyn, eta
 
     def step_log_prob(self, cond, x_t, x_next, idx, sigmas, params):
+        self.params = params
         out = sde_step(self.dyn, x_t, self.v_theta, sigmas[idx], sigmas[idx + 1], self.eta,
                        sigma_max=sigmas[1], prev_sample=x_next)
         return SimpleNamespace(velocity=self.v_theta, mean=out.mean, log_prob=out.log_prob)
@@ -41,9 +42,11 @@ def kl_of_step(dyn, kind, sigmas, idx, eta):
     recipe.rl = RLConfig(kl={"beta": 0.04, "kind": kind})
     recipe.policy = FakePolicy(v_theta, v_ref, dyn, eta)
     sig = torch.tensor(sigmas)
-    ro = SimpleNamespace(cond=None, sigmas=sig, params={"dynamics": dyn, "noise_level": eta},
+    ro = SimpleNamespace(cond=None, sigmas=sig, params=SamplingParams(dynamics=dyn, noise_level=eta),
                          log_probs=torch.zeros(B, 1), transition=lambda j: (x, x, idx))
     _, stats = recipe._step_loss(SimpleNamespace(rollout=ro), 0, torch.zeros(B), torch.ones(1))
+    # the policy's recompute and the learner's KL reference read one object: the rollout's params
+    assert recipe.policy.params is ro.params
     return stats.kl
 
 

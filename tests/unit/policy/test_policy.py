@@ -230,6 +230,21 @@ def test_wire_round_trip_through_codec(pol, refs2):
         GroupRollout.from_wire({"images": r.images})
 
 
+def test_sampling_takes_typed_params_and_the_rollout_keeps_them(pol, refs2):
+    params = make_params()
+    r = pol.sample_group("a cat", refs2, 2, params, 1)
+    assert r.params is params  # the learner recomputes with the very parameters the group was drawn with
+    # a dict without noise_level used to run at a fallback of 1.0 written in the policy; now refused
+    partial = {k: v for k, v in params.model_dump().items() if k != "noise_level"}
+    with pytest.raises(TypeError, match="SamplingParams"):
+        pol.sample_group("a cat", refs2, 2, partial, 1)
+    xt, xn, k = r.transition(0)
+    with pytest.raises(TypeError, match="SamplingParams"):
+        pol.step_log_prob(r.cond, xt, xn, k, r.sigmas, {"dynamics": "flow-sde"})
+    with pytest.raises(TypeError, match="SamplingParams"):
+        pol.choose_train_steps({"num_inference_steps": 4}, 0)
+
+
 @pytest.mark.parametrize("n", [0, 1, 4, 10])
 def test_one_to_ten_mixed_references(pol, n):
     roles = ["subject", "style", "background", "lighting", "pose"]

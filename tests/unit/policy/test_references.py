@@ -3,7 +3,7 @@ import io
 import pytest
 from PIL import Image
 
-from common.config import ROLES
+from common.roles import ROLES
 from common.images import ImageError, encode_image
 from common.policy.references import (InvalidReferenceError, ReferenceError_, TooManyReferencesError,
                                       UnknownRoleError, compile_references, flux_reference_offsets,

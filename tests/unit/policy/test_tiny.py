@@ -1,6 +1,7 @@
 import torch
 
-from common.policy.tiny import build_tiny_flux2_klein, tiny_tokenizer
+from common.policy.families.flux2_klein import build_tiny_flux2_klein
+from common.policy.tiny import tiny_tokenizer
 
 
 def test_tokenizer_is_built_in_code_with_specials_and_chat_template():
