@@ -224,21 +224,12 @@ class StreamQueue:
         for info in pending:
             if _s(info["consumer"]) == consumer:
                 continue
-            eid = _s(info["message_id"])
-            got = self.r.xclaim(self.stream, self.group, consumer, idle, [eid])
-            if not got:
-                continue  # its owner touched it, another janitor took it, or it was deleted
-            for geid, f in got:
-                if f is None:
-                    self.r.xack(self.stream, self.group, geid)
-                    continue
-                entry = self._entry(geid, f, int(info["times_delivered"]) + 1)
-                if entry.deliveries > self.max_deliveries:
-                    self.dead_letter(entry, f"delivered {entry.deliveries} times (max {self.max_deliveries})")
-                    dead.append(entry)
-                else:
-                    claimed.append(entry)
-                    self._reclaimed.inc()
+            entry, gone = self._claim(consumer, info, idle)  # nothing: its owner touched it or another janitor took it
+            if entry is not None:
+                claimed.append(entry)
+                self._reclaimed.inc()
+            elif gone is not None:
+                dead.append(gone)
             if max_claimed is not None and len(claimed) >= max_claimed:
                 break
         return claimed, dead
@@ -255,20 +246,30 @@ class StreamQueue:
                                                               count=count, consumername=consumer))
         claimed, dead = [], []
         for info in pending:
-            eid = _s(info["message_id"])
-            if eid in exclude:
+            if _s(info["message_id"]) in exclude:
                 continue
-            for geid, f in self.r.xclaim(self.stream, self.group, consumer, 0, [eid]):
-                if f is None:
-                    self.r.xack(self.stream, self.group, geid)
-                    continue
-                entry = self._entry(geid, f, int(info["times_delivered"]) + 1)
-                if entry.deliveries > self.max_deliveries:
-                    self.dead_letter(entry, f"delivered {entry.deliveries} times (max {self.max_deliveries})")
-                    dead.append(entry)
-                else:
-                    claimed.append(entry)
+            entry, gone = self._claim(consumer, info, 0)
+            if entry is not None:
+                claimed.append(entry)
+            elif gone is not None:
+                dead.append(gone)
         return claimed, dead
+
+    def _claim(self, consumer: str, info: dict, min_idle_ms: int) -> tuple[Entry | None, Entry | None]:
+        """XCLAIM one entry XPENDING listed (`info`) for `consumer`, counting the delivery. Returns
+        (entry to process, None); (None, entry) when that delivery is one too many and the entry went
+        to the dead-letter stream; (None, None) when nothing was claimed (XCLAIM re-checks the idle
+        time) or the entry was deleted while pending."""
+        for eid, f in self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, [_s(info["message_id"])]):
+            if f is None:  # deleted while pending
+                self.r.xack(self.stream, self.group, eid)
+                return None, None
+            entry = self._entry(eid, f, int(info["times_delivered"]) + 1)
+            if entry.deliveries > self.max_deliveries:
+                self.dead_letter(entry, f"delivered {entry.deliveries} times (max {self.max_deliveries})")
+                return None, entry
+            return entry, None
+        return None, None
 
     def _deliveries(self, eid: str) -> int:
         info = self.r.xpending_range(self.stream, self.group, min=eid, max=eid, count=1)
