@@ -6,12 +6,13 @@ import os
 import ray
 
 from common.config import DyRefConfig
+from common.loop_actor import LoopActor
 
 __all__ = ["EvaluatorActor", "start_evaluator"]
 
 
 @ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
-class EvaluatorActor:
+class EvaluatorActor(LoopActor):
     def __init__(self, cfg: dict, redis_url: str, specs: list[dict], size: int, ref_size: int, every: int,
                  steps: int | None = None, metrics_port: int = 0, nice: int = 10):
         import torch
@@ -25,16 +26,6 @@ class EvaluatorActor:
         from services.evaluator.worker import EvaluatorWorker
         cases = [case_from_spec(CaseSpec.from_dict(s["spec"]), s["index"], s["case_id"], size, ref_size) for s in specs]
         self.worker = EvaluatorWorker(self.cfg, redis_url, cases, every, steps)
-        self._stop = False
-
-    def run(self) -> int:
-        # never reset the flag here: with two threads, a stop() sent while the actor was still
-        # starting can run before run() does, and resetting it left the loop running until the
-        # driver's 120 s join timed out (the RL driver's slow or hung SIGTERM shutdown, issue 20)
-        return self.worker.run(lambda: self._stop)
-
-    def stop(self) -> None:
-        self._stop = True
 
     def status(self) -> dict:
         return {"last_version": self.worker.last, "evaluations": self.worker.evaluated}

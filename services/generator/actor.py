@@ -4,12 +4,13 @@ from __future__ import annotations
 import ray
 
 from common.config import DyRefConfig
+from common.loop_actor import LoopActor
 
 __all__ = ["GeneratorActor", "start_generators"]
 
 
 @ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
-class GeneratorActor:
+class GeneratorActor(LoopActor):
     def __init__(self, generator_id: str, cfg: dict, redis_url: str, threads: int = 1, metrics_port: int = 0):
         import torch
         torch.set_num_threads(threads)
@@ -20,16 +21,6 @@ class GeneratorActor:
         from common.rewards.client import RewardClient
         self.cfg = DyRefConfig.from_dict(cfg)
         self.worker = GeneratorWorker(generator_id, self.cfg, redis_url, RewardClient(self.cfg.rewards))
-        self._stop = False
-
-    def run(self) -> int:
-        # never reset the flag here: with two threads, a stop() sent while the actor was still
-        # starting can run before run() does, and resetting it left the loop running until the
-        # driver's 120 s join timed out (the RL driver's slow or hung SIGTERM shutdown, issue 20)
-        return self.worker.run(lambda: self._stop)
-
-    def stop(self) -> None:
-        self._stop = True
 
     def status(self) -> dict:
         import os
