@@ -254,7 +254,7 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
                                      on_step=lambda s: s["step"] % 10 == 0 and say(
         f"  rl step {s['step']} v{s['version']} reward subjects {s.get('reward/subjects/mean', float('nan')):.3f} "
         f"background {s.get('reward/background/mean', float('nan')):.3f} τ {s.get('signals/drs_tau', float('nan')):.3f} "
-        f"kl {s.get('kl', 0):.2e}"))
+        f"kl {s.get('losses/kl', 0):.2e}"))
     timings["rl"] = time.perf_counter() - t0
     from services.evaluator.worker import read_eval_history
     eval_history = read_eval_history(recipe.r, recipe.keys)
