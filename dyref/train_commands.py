@@ -54,7 +54,7 @@ def train_rl(profile: Optional[str] = typer.Option(None, "--config", "-c", help=
 
             def on_step(s: dict) -> None:
                 rw = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in s.items() if k.startswith("reward/") and k.endswith("/mean"))
-                bar.update(t, completed=min(total, s["step"]), info=f"v{s['version']} {rw} kl={s.get('kl', 0):.2e}")
+                bar.update(t, completed=min(total, s["step"]), info=f"v{s['version']} {rw} kl={s.get('losses/kl', 0):.2e}")
             eval_cases = None
             if not records and cfg.rl.eval_every:  # the evaluator scores a held-out synthetic split
                 from common.synthetic import make_split
