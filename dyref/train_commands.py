@@ -101,7 +101,7 @@ def train_sft(profile: Optional[str] = typer.Option(None, "--config", "-c", help
 
         def on_step(s: dict) -> None:
             bar.update(t, completed=s["step"], info=f"loss={s['losses/loss']:.4f} |g|={s['losses/grad_norm']:.3f} lr={s['losses/lr']:.2e} "
-                                                    f"refs={s['n_refs'][0]}")
+                                                    f"refs={s['data/n_refs'][0]}")
         state = recipe.train(total, on_step=on_step)
     console.print_json(json.dumps({"step": state.step, "output_dir": str(recipe.out),
                                    "adapter": str(recipe.adapter_dir) if recipe.policy.finetune == "lora" else None,

@@ -27,3 +27,13 @@ def test_bad_profile_value_exits_2_naming_the_field(tmp_path):
     res = runner.invoke(app, ["config", "show", "--config", str(bad)])
     assert res.exit_code == 2
     assert "gateway.max_n" in res.output
+
+
+def test_train_sft_runs_a_few_steps_and_reports_its_loss(tmp_path):
+    """The progress line and the summary read the history record by its names (common/rl/history.py):
+    a renamed key shows up here as a KeyError, not only in a user's terminal."""
+    out = tmp_path / "sft"
+    res = runner.invoke(app, ["train", "sft", "--steps", "2", "--output-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["final_loss"] > 0 and (out / "trainable.safetensors").is_file()
