@@ -121,18 +121,18 @@ def _describe(procs) -> list[str]:
     return sorted(n[:80] for n in _names(procs))
 
 
-# SIGINT takes the same path as SIGTERM (both raise in the main thread): CI runs SIGTERM only
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
-                         ids=["SIGTERM", "SIGINT"])
-def test_a_signal_to_the_gateway_ends_every_process_it_started(tmp_path, sig):
-    proc = _start(tmp_path, "gateway", "serve", "--port", str(free_port()))
+def _signal_ends_everything(tmp_path: Path, args: tuple[str, ...], need: tuple[str, ...], sig: int = signal.SIGTERM,
+                            wait_s: float = 180) -> None:
+    """Start `dyref <args>`, wait until its tree holds every role in `need`, send `sig`, and check
+    that every process it started is gone and its run file too."""
+    proc = _start(tmp_path, *args)
     tree: list[psutil.Process] = []
     try:
-        proc, tree = _wait_up(proc, STACK + ("ProxyActor",))
+        proc, tree = _wait_up(proc, need)
         os.kill(proc.pid, sig)
-        proc.wait(timeout=120)
+        proc.wait(timeout=wait_s)
         left = _wait_gone(tree, 30)
-        assert not left, f"left after {sig.name}: {_describe(left)}"
+        assert not left, f"left after {signal.Signals(sig).name} of {args[0]}: {_describe(left)}"
         assert not list((tmp_path / "run").glob("*.json")), "the run file outlived a clean shutdown"
     finally:
         if proc.poll() is None:
@@ -140,21 +140,19 @@ def test_a_signal_to_the_gateway_ends_every_process_it_started(tmp_path, sig):
         _reap(tree)
 
 
+# SIGINT takes the same path as SIGTERM (both raise in the main thread): CI runs SIGTERM only
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_gateway_ends_every_process_it_started(tmp_path, sig):
+    _signal_ends_everything(tmp_path, ("gateway", "serve", "--port", str(free_port())), STACK + ("ProxyActor",), sig,
+                            wait_s=120)
+
+
 def test_sigterm_of_the_rl_driver_ends_every_process_it_started(tmp_path):
     """It used to hang now and then: a stop() that reached an actor still starting ran before its
     run(), which reset the flag, and the driver waited out a 120 s join per actor."""
-    proc = _start(tmp_path, "train", "rl", "--steps", "1000", "--cases", "16", "--generators", "1")
-    tree: list[psutil.Process] = []
-    try:
-        proc, tree = _wait_up(proc, STACK + ("GeneratorActor", "ServeReplica"))
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=240)
-        left = _wait_gone(tree, 30)
-        assert not left, f"left after SIGTERM: {_describe(left)}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _reap(tree)
+    _signal_ends_everything(tmp_path, ("train", "rl", "--steps", "1000", "--cases", "16", "--generators", "1"),
+                            STACK + ("GeneratorActor", "ServeReplica"), wait_s=240)
 
 
 @pytest.mark.parametrize("command, need", [
@@ -165,19 +163,7 @@ def test_sigterm_of_the_rl_driver_ends_every_process_it_started(tmp_path):
 def test_sigterm_of_a_single_service_ends_every_process_it_started(tmp_path, command, need):
     """The per-service commands (what compose and Helm run) with nothing else up: each starts its own
     Redis (and Ray), and SIGTERM must end them all, as for the driver."""
-    proc = _start(tmp_path, *command)
-    tree: list[psutil.Process] = []
-    try:
-        proc, tree = _wait_up(proc, need)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=180)
-        left = _wait_gone(tree, 30)
-        assert not left, f"left after SIGTERM of {command[0]}: {_describe(left)}"
-        assert not list((tmp_path / "run").glob("*.json")), "the run file outlived a clean shutdown"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _reap(tree)
+    _signal_ends_everything(tmp_path, command, need)
 
 
 def test_a_start_after_kill_9_ends_the_stale_stack_one_cluster_not_two(tmp_path):
