@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SECTIONS", "BARE", "key", "bad_keys"]
+__all__ = ["BARE", "bad_keys"]
 
-SECTIONS = ("losses", "reward", "signals", "time", "data", "eval")
 BARE = ("step", "version")
 _NAME = r"[a-z0-9_]+"
 _PATTERNS = {
@@ -30,13 +29,6 @@ _PATTERNS = {
     "data": re.compile(rf"data/{_NAME}"),
     "eval": re.compile(rf"eval/{_NAME}/(\d+|all)"),
 }
-
-
-def key(section: str, *parts: str) -> str:
-    """``key("reward", "subjects", "mean")`` -> ``"reward/subjects/mean"``; the section must be known."""
-    if section not in SECTIONS:
-        raise ValueError(f"unknown history section {section!r}; known: {', '.join(SECTIONS)}")
-    return "/".join((section, *parts))
 
 
 def bad_keys(record: dict) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.rl.history import bad_keys, key
+from common.rl.history import bad_keys
 
 
 def test_a_record_in_the_scheme_has_no_bad_keys():
@@ -17,9 +17,3 @@ def test_a_record_in_the_scheme_has_no_bad_keys():
                                  "generator/sample_s", "eval/placement", "losses/Loss", "signals/", "misc/x"])
 def test_the_old_and_the_malformed_names_are_caught(bad):
     assert bad_keys({"step": 1, bad: 0.0}) == [bad]
-
-
-def test_key_joins_parts_and_refuses_an_unknown_section():
-    assert key("reward", "subjects", "n3") == "reward/subjects/n3"
-    with pytest.raises(ValueError, match="unknown history section 'seconds'"):
-        key("seconds", "consume")
