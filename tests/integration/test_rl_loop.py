@@ -269,6 +269,23 @@ def test_resume_three_times_target_total_steps_and_one_history_record_per_step(r
     assert audit["consumed"] == 8 * cfg.rl.groups_per_step and audit["duplicate"] == 0
 
 
+def _report_kills_and_check_ledger(what: str, stamps: dict[int, float], kills: list[tuple[int, int]], recipe,
+                                   consumed: int) -> None:
+    """Print the time each kill cost (the step after it against the median step of the run) and check
+    the ledger is exact: every step's groups consumed, nothing redone or dead-lettered."""
+    last = max(stamps)
+    normal = statistics.median(stamps[k + 1] - stamps[k] for k in range(min(stamps), last))
+    for step, _pid in kills:
+        took = stamps[step + 1] - stamps[step]
+        print(f"{what} after step {step}: step {step + 1} took {took:.1f} s (median step {normal:.1f} s): "
+              f"{took - normal:.1f} s lost")
+    audit = recipe.audit()
+    print(f"ledger: {audit}")
+    assert audit["consumed"] == consumed
+    assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0, audit
+    assert audit["admitted"] == audit["consumed"] + audit["dropped_stale"] + audit["in_flight"]
+
+
 def test_kill_9_of_the_only_generator_twice_the_run_goes_on(ray_cluster, redis_server, tmp_path):
     """Issue 20 item 2: a generator is disposable. SIGKILL of the only generator's process (twice,
     mid-run): Ray restarts the actor and retries its loop, the task it held is reclaimed, the run
@@ -291,17 +308,8 @@ def test_kill_9_of_the_only_generator_twice_the_run_goes_on(ray_cluster, redis_s
     recipe, state, statuses = run_rl(cfg, cfg.redis.url, source(), generators=1, on_step=on_step)
     assert state.step == 8 and len(kills) == 2
     assert statuses[0].get("pid") not in {pid for _, pid in kills}, statuses  # a new process finished the run
-    gaps = [stamps[k + 1] - stamps[k] for k in range(1, 8)]
-    normal = statistics.median(gaps)
-    for step, _pid in kills:
-        print(f"kill -9 after step {step}: step {step + 1} took {stamps[step + 1] - stamps[step]:.1f} s "
-              f"(median step {normal:.1f} s): {stamps[step + 1] - stamps[step] - normal:.1f} s lost")
-    audit = recipe.audit()
-    print(f"ledger: {audit}")
-    assert audit["consumed"] == 8 * cfg.rl.groups_per_step
     # the restarted generator finishes the task its dead process held (own leftovers first), once
-    assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0, audit
-    assert audit["admitted"] == audit["consumed"] + audit["dropped_stale"] + audit["in_flight"]
+    _report_kills_and_check_ledger("kill -9 of the generator", stamps, kills, recipe, 8 * cfg.rl.groups_per_step)
 
 
 def test_groups_of_steps_lost_with_a_dead_learner_are_rolled_back_and_readmitted(redis_server, tmp_path):
@@ -421,15 +429,6 @@ def test_kill_9_of_the_only_reward_replica_twice_the_run_goes_on(ray_cluster, re
     recipe, state, statuses = run_rl(cfg, cfg.redis.url, source(), generators=1, on_step=on_step)
     assert state.step == 8 and len(kills) == 2
     assert scorer_pid() not in {pid for _, pid in kills}  # a new replica process scored the rest
-    gaps = [stamps[k + 1] - stamps[k] for k in range(1, 8)]
-    normal = statistics.median(gaps)
-    for step, _pid in kills:
-        print(f"kill -9 of the reward replica after step {step}: step {step + 1} took "
-              f"{stamps[step + 1] - stamps[step]:.1f} s (median step {normal:.1f} s): "
-              f"{stamps[step + 1] - stamps[step] - normal:.1f} s lost")
-    audit = recipe.audit()
-    print(f"ledger: {audit}")
-    assert audit["consumed"] == 8 * cfg.rl.groups_per_step
     # the group that waited on the dead replica is retried, not redone: nothing published twice
-    assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0, audit
-    assert audit["admitted"] == audit["consumed"] + audit["dropped_stale"] + audit["in_flight"]
+    _report_kills_and_check_ledger("kill -9 of the reward replica", stamps, kills, recipe,
+                                   8 * cfg.rl.groups_per_step)
