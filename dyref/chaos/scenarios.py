@@ -326,7 +326,7 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
     an answer (an image, or an error envelope while the replica is replaced: never a hang)."""
     import httpx
 
-    from services.gateway.deployments import APP_NAME, start_gateway
+    from services.gateway.deployments import APP_NAME, DEPLOYMENT, start_gateway
     from ray import serve
     t0 = time.monotonic()
     cfg = chaos_cfg(redis_url, workdir)
@@ -353,7 +353,7 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
     for t in threads:
         t.start()
     time.sleep(seconds / 3)
-    reps = replica_actors(APP_NAME, "GeneratorDeployment")
+    reps = replica_actors(APP_NAME, DEPLOYMENT)
     pid = actor_pid(reps[0]) if reps else None
     if pid:
         kill_pid(pid)
@@ -370,7 +370,7 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
     ok_codes = sum(c == 200 for c in codes)
     errors = {str(c): sum(1 for x in codes if x == c) for c in set(codes) if c != 200}
     return Outcome("gateway-kill", bool(pid) and recovered and hung == 0 and after and all(c == 200 for c in after),
-                   f"kill -9 gateway generator replica pid {pid} under {clients} clients: {ok_codes} images, "
+                   f"kill -9 gateway replica pid {pid} under {clients} clients: {ok_codes} images, "
                    f"errors {errors or 'none'}, {hung} hung; recovered={recovered}", hung, 0,
                    {}, {"requests": len(codes), "ok": ok_codes, "errors": errors}, time.monotonic() - t0)
 

@@ -54,7 +54,7 @@ def stack_processes(loop: Loop, redis_pid: int | None) -> dict[str, int]:
     for i, (a, _) in enumerate(loop.gens):
         with contextlib.suppress(Exception):
             procs[f"generator-{i}"] = actor_pid(a)
-    for app, dep in (("rewards", "scorer-colour"), ("gateway", "GeneratorDeployment"), ("gateway", "GatewayIngress")):
+    for app, dep in (("rewards", "scorer-colour"), ("gateway", "Gateway")):
         for j, h in enumerate(replica_actors(app, dep)):
             with contextlib.suppress(Exception):
                 procs[f"{app}/{dep}#{j}"] = actor_pid(h)

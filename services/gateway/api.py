@@ -1,8 +1,8 @@
 """The gateway's FastAPI app: routes, admission (queue limit), API keys, async jobs, metrics.
 
-``build_api(cfg, backend, jobs, defaults)`` returns the ASGI app; the Serve ingress deployment
-builds it on its replica (``__serve_build_asgi_app__``) with a backend that calls the generator
-deployment through a DeploymentHandle. Routes:
+``build_api(cfg, backend, jobs, defaults)`` returns the ASGI app; the Serve gateway deployment
+builds it on its replica (``__serve_build_asgi_app__``) with a backend that batches requests into
+the policy of the same replica (services/gateway/deployments.py). Routes:
 
   POST /generate, /v1/generations          JSON (GenerateRequest); ``Prefer: respond-async`` -> 202
   POST /v1/generations/form                multipart: files ``references`` + ``roles`` (one each)
@@ -195,10 +195,7 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
             raise APIError(504, "timeout", f"generation took longer than {cfg.timeout_s:g} s", None) from None
         except APIError:
             raise
-        except Exception as e:  # noqa: BLE001 - Serve back-pressure or a dead replica
-            if type(e).__name__ == "BackPressureError":
-                raise APIError(429, "queue_full", "the generator queue is full; retry later", None,
-                               headers=retry_after) from None
+        except Exception as e:  # noqa: BLE001 - the generator's worker failed outside a request
             _log.warning("generation failed: %s: %s", type(e).__name__, e)
             raise APIError(503, "generator_unavailable", "generator unavailable (replica failed or restarting); "
                            "retry later", None, headers=retry_after) from None
