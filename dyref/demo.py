@@ -34,6 +34,8 @@ class DemoPlan:
     n_test: int = 192
     size: int = 32
     max_refs: int = 3
+    layout: str = "grid"           # which slots subjects go to (common/synthetic/spec.py SLOT_LAYOUTS)
+    max_subjects: int = 3          # subject references per case at most; the rest of a count is other roles
     categories: tuple[str, ...] = ("subject", "subject_bg")
     sft_steps: int = 3000
     sft_eval_every: int = 500
@@ -143,7 +145,8 @@ def make_data(plan: DemoPlan):
     fewest = min(min_refs(c) for c in plan.categories)   # equal weight on every count the categories allow
     counts = {n: 1.0 for n in range(fewest, plan.max_refs + 1)}
     return make_train_test(plan.n_train, plan.n_test, plan.seed, size=plan.size, ref_size=16, max_refs=plan.max_refs,
-                           categories=list(plan.categories), count_weights=counts)
+                           categories=list(plan.categories), count_weights=counts, layout=plan.layout,
+                           max_subjects=plan.max_subjects)
 
 
 def eval_subset(test, k: int):
@@ -267,7 +270,7 @@ def run_demo(base: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, say: 
     summary: dict = {name: {m: summarise(rows, m) for m in METRICS} for name, rows in stages.items()}
     summary["rl_minus_sft"] = {m: paired_difference(sft_rows, rl_rows, m) for m in METRICS}
     summary["sft_minus_untrained"] = {m: paired_difference(untrained, sft_rows, m) for m in METRICS}
-    summary["chance_placement"] = {int(k): v for k, v in chance_levels(test).items()}
+    summary["chance_placement"] = {int(k): v for k, v in chance_levels(test, layout=plan.layout).items()}
     summary["timings_s"] = timings
     summary["audit"] = recipe.audit()
     summary["drs_tau"] = state.drs_tau

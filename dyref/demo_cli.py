@@ -70,7 +70,8 @@ def _serve(cfg: DyRefConfig, out: Path, plan: DemoPlan, redis_url: str, seconds:
         raise RuntimeError(f"the gateway at {url} did not become ready in 180 s")
     from common.synthetic import make_split
     case = make_split("serve", 1, plan.seed + 99, size=plan.size, ref_size=16, max_refs=min(3, plan.max_refs),
-                      categories=list(plan.categories))[0]
+                      categories=list(plan.categories), layout=plan.layout,
+                      max_subjects=plan.max_subjects)[0]
     ref_dir = out / "example_refs"
     ref_dir.mkdir(exist_ok=True)
     refs = []

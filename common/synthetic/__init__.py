@@ -14,13 +14,13 @@ from common.synthetic.cases import (OMNIREF_CATEGORY_WEIGHTS, OMNIREF_COUNT_WEIG
 from common.synthetic.compose import render_case, render_target, slot_box
 from common.synthetic.metrics import (Placement, background_error, chance_levels, placement,
                                       placement_accuracy)
-from common.synthetic.spec import (CATEGORIES, CATEGORY_ROLES, SLOTS, CaseSpec, fingerprint, min_refs,
-                                   sample_spec)
+from common.synthetic.spec import (CATEGORIES, CATEGORY_ROLES, SLOT_LAYOUTS, SLOTS, CaseSpec, fingerprint,
+                                   layout_slots, min_refs, sample_spec)
 from common.synthetic.writers import SplitFiles, case_paths, load_split, write_split
 
 __all__ = [
     "SyntheticCase", "make_split", "make_train_test", "case_from_spec", "allocate_counts",
-    "OMNIREF_CATEGORY_WEIGHTS", "OMNIREF_COUNT_WEIGHTS", "CATEGORIES", "CATEGORY_ROLES", "SLOTS",
+    "OMNIREF_CATEGORY_WEIGHTS", "OMNIREF_COUNT_WEIGHTS", "CATEGORIES", "CATEGORY_ROLES", "SLOTS", "SLOT_LAYOUTS", "layout_slots",
     "CaseSpec", "sample_spec", "fingerprint", "min_refs", "render_case", "render_target", "slot_box",
     "Placement", "placement", "placement_accuracy", "background_error", "chance_levels",
     "SplitFiles", "case_paths", "write_split", "load_split",

@@ -124,7 +124,12 @@ def allocate_counts(n_cases: int, weights: Mapping[int, float]) -> list[int]:
     return [k for k, b in zip(keys, base) for _ in range(b)]
 
 
-def _check_args(name, n_cases, size, ref_size, max_refs, categories, count_weights):
+def _fits(category: str, n_refs: int, max_subjects: int) -> bool:
+    """Can a case of ``category`` have ``n_refs`` references with at most ``max_subjects`` subjects?"""
+    return min_refs(category) <= n_refs and n_refs - (min_refs(category) - 1) <= max_subjects
+
+
+def _check_args(name, n_cases, size, ref_size, max_refs, categories, count_weights, max_subjects=MAX_REFS):
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"split name {name!r} must be 1-64 characters of letters, digits, '_' or '-'")
     if not isinstance(n_cases, int) or n_cases < 0:
@@ -147,16 +152,19 @@ def _check_args(name, n_cases, size, ref_size, max_refs, categories, count_weigh
     weights = {n: float(w) for n, w in count_weights.items() if n <= max_refs and w > 0}
     if not weights:
         raise ValueError(f"no reference count with positive weight is <= max_refs={max_refs}")
+    if max_subjects < 1:
+        raise ValueError(f"max_subjects must be >= 1, got {max_subjects}")
     for n in weights:
-        if not any(min_refs(c) <= n for c in cats):
-            raise ValueError(f"no category among {cats} can have {n} reference(s)")
+        if not any(_fits(c, n, max_subjects) for c in cats):
+            raise ValueError(f"no category among {cats} can have {n} reference(s) with at most {max_subjects} subject(s)")
     return cats, weights
 
 
 def make_split(name: str, n_cases: int, seed: int, size: int = 32, ref_size: int | None = None,
                max_refs: int = MAX_REFS, categories: Iterable[str] | None = None,
                count_weights: Mapping[int, float] | None = None,
-               exclude: set[str] | None = None) -> list[SyntheticCase]:
+               exclude: set[str] | None = None, layout: str = "grid",
+               max_subjects: int = MAX_REFS) -> list[SyntheticCase]:
     """``n_cases`` cases named ``<name>_<index:05d>``.
 
     size / ref_size: target / reference side in pixels (ref_size defaults to size).
@@ -164,20 +172,23 @@ def make_split(name: str, n_cases: int, seed: int, size: int = 32, ref_size: int
     count_weights: ``{n_refs: weight}`` (default uniform over every feasible count up to max_refs;
     pass ``OMNIREF_COUNT_WEIGHTS`` for the benchmark's distribution). Counts above max_refs are dropped.
     exclude: fingerprints (:func:`fingerprint`) to redraw, e.g. the train split's, for a held-out split.
+    layout: which slots subjects are drawn from (:data:`SLOT_LAYOUTS`; the geometry stays 3×3).
+    max_subjects: at most this many subject references per case; a count above it is filled with
+    the categories' other roles (e.g. 3 references = 2 subjects + a background).
     """
     ref_size = size if ref_size is None else ref_size
-    cats, weights = _check_args(name, n_cases, size, ref_size, max_refs, categories, count_weights)
+    cats, weights = _check_args(name, n_cases, size, ref_size, max_refs, categories, count_weights, max_subjects)
     key = zlib.crc32(name.encode())
     counts = allocate_counts(n_cases, weights)
     counts = [counts[i] for i in np.random.default_rng([seed, key]).permutation(n_cases)]
     cat_w = np.array([OMNIREF_CATEGORY_WEIGHTS[c] for c in cats], float)
     cases = []
     for index, n in enumerate(counts):
-        ok = np.array([min_refs(c) <= n for c in cats])
+        ok = np.array([_fits(c, n, max_subjects) for c in cats])
         p = cat_w * ok / (cat_w * ok).sum()
         for attempt in range(_MAX_ATTEMPTS):
             rng = np.random.default_rng([seed, key, index, attempt])
-            spec = sample_spec(rng, cats[rng.choice(len(cats), p=p)], n)
+            spec = sample_spec(rng, cats[rng.choice(len(cats), p=p)], n, layout)
             if not exclude or fingerprint(spec) not in exclude:
                 break
         else:

@@ -38,7 +38,7 @@ from PIL import Image
 
 from common.synthetic.cases import SyntheticCase
 from common.synthetic.compose import render_target, slot_box
-from common.synthetic.spec import SLOTS
+from common.synthetic.spec import layout_slots
 
 __all__ = ["Placement", "placement", "placement_hits", "placement_accuracy", "background_error", "chance_levels",
            "as_array"]
@@ -130,19 +130,21 @@ def background_error(generated: Image.Image | np.ndarray, case: SyntheticCase) -
     return float(np.abs(gen[keep] - target[keep]).mean())
 
 
-def chance_levels(cases: Iterable[SyntheticCase], draws: int = 4, seed: int = 0) -> dict[int, float]:
-    """Placement accuracy of "the right subjects at random slots", mean per reference count.
+def chance_levels(cases: Iterable[SyntheticCase], draws: int = 4, seed: int = 0,
+                  layout: str = "grid") -> dict[int, float]:
+    """Placement accuracy of "the right subjects at random slots" of ``layout``, mean per reference count.
 
     Each draw re-renders the case's target with its subjects moved to random distinct slots
     (everything else kept) and scores it against the real case.
     """
+    slot_names = layout_slots(layout)
     rng = np.random.default_rng(seed)
     scores: dict[int, list[float]] = defaultdict(list)
     for case in cases:
         for _ in range(draws):
-            slots = rng.choice(len(SLOTS), size=len(case.spec.subjects), replace=False)
+            slots = rng.choice(len(slot_names), size=len(case.spec.subjects), replace=False)
             moved = dataclasses.replace(case.spec, subjects=tuple(
-                dataclasses.replace(s, slot=SLOTS[j]) for s, j in zip(case.spec.subjects, slots)))
+                dataclasses.replace(s, slot=slot_names[j]) for s, j in zip(case.spec.subjects, slots)))
             target, _, _ = render_target(moved, case.size)
             scores[case.n_refs].append(placement_accuracy(target, case))
     return {n: float(np.mean(v)) for n, v in sorted(scores.items())}

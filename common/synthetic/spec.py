@@ -20,12 +20,27 @@ from common.synthetic.scenes import (BACKGROUND_KINDS, LIGHT_DIRECTIONS, STYLE_P
 from common.synthetic.subjects import COLOURS, POSE_TILTS, SHAPES, TEXTURES, SubjectSpec
 
 __all__ = [
-    "SLOTS", "CATEGORIES", "CATEGORY_ROLES", "MAX_REFS", "PoseSpec", "CaseSpec", "min_refs",
+    "SLOTS", "SLOT_LAYOUTS", "layout_slots", "CATEGORIES", "CATEGORY_ROLES", "MAX_REFS", "PoseSpec", "CaseSpec", "min_refs",
     "sample_spec", "fingerprint",
 ]
 
 SLOTS = ("top left", "top center", "top right", "center left", "center", "center right",
          "bottom left", "bottom center", "bottom right")
+# Which of the 3×3 slots a split draws from. The geometry is always the 3×3 grid (compose.slot_box);
+# a layout only narrows the choice, so every box, metric and reward stays as it is. "corners" is the
+# easier task of docs/learning.md §5: four well-separated places and four slot words to bind.
+SLOT_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "grid": SLOTS,
+    "corners": ("top left", "top right", "bottom left", "bottom right"),
+}
+
+
+def layout_slots(layout: str) -> tuple[str, ...]:
+    """The slots of a named layout; an unknown name is an error that lists the known ones."""
+    try:
+        return SLOT_LAYOUTS[layout]
+    except KeyError:
+        raise ValueError(f"unknown slot layout {layout!r}; expected one of {', '.join(SLOT_LAYOUTS)}") from None
 # OmniRef-Bench categories -> the non-subject roles each adds (one reference each; pose = one
 # skeleton for one of the subjects, as in every pose case of the benchmark)
 CATEGORY_ROLES: dict[str, tuple[Role, ...]] = {
@@ -102,18 +117,22 @@ def _muted(rng: np.random.Generator) -> tuple[float, float, float]:
     return (round(r, 4), round(g, 4), round(b, 4))
 
 
-def sample_spec(rng: np.random.Generator, category: str, n_refs: int) -> CaseSpec:
-    """Draw a case of ``category`` with exactly ``n_refs`` references (1..8)."""
+def sample_spec(rng: np.random.Generator, category: str, n_refs: int, layout: str = "grid") -> CaseSpec:
+    """Draw a case of ``category`` with exactly ``n_refs`` references (1..8), its subjects at distinct
+    slots of ``layout`` (:data:`SLOT_LAYOUTS`)."""
+    slot_names = layout_slots(layout)
     extras = CATEGORY_ROLES.get(category)
     if extras is None:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
     if not min_refs(category) <= n_refs <= MAX_REFS:
         raise ValueError(f"category {category!r} needs {min_refs(category)}..{MAX_REFS} references, got {n_refs}")
     k = n_refs - len(extras)
+    if k > len(slot_names):
+        raise ValueError(f"{k} subjects do not fit the {len(slot_names)} slots of layout {layout!r}")
     colours = rng.choice(list(COLOURS), size=k, replace=False)   # distinct: colour identifies the subject
-    slots = rng.choice(len(SLOTS), size=k, replace=False)
+    slots = rng.choice(len(slot_names), size=k, replace=False)
     subjects = tuple(SubjectSpec(shape=SHAPES[rng.integers(len(SHAPES))], colour=str(c),
-                                 texture=_TEXTURE_DRAW[rng.integers(4)], slot=SLOTS[s])
+                                 texture=_TEXTURE_DRAW[rng.integers(4)], slot=slot_names[s])
                      for c, s in zip(colours, slots))
     background = style = lighting = pose = None
     if "background" in extras:

@@ -96,3 +96,26 @@ def test_fast_enough():
     rate = 500 / (time.perf_counter() - t)
     # ~1800/s measured on a shared 2-core box; the bound leaves room for contention
     assert rate > 300, f"{rate:.0f} cases/s"
+
+
+def test_corners_layout_uses_only_the_four_corners_and_refuses_a_fifth_subject():
+    cases = make_split("c", 60, 3, max_refs=3, categories=["subject"], layout="corners")
+    corners = {"top left", "top right", "bottom left", "bottom right"}
+    assert {s.slot for c in cases for s in c.spec.subjects} == corners
+    with pytest.raises(ValueError, match="do not fit the 4 slots"):
+        make_split("c", 4, 3, max_refs=5, categories=["subject"], count_weights={5: 1.0}, layout="corners")
+    with pytest.raises(ValueError, match="unknown slot layout 'hex'"):
+        make_split("c", 4, 3, layout="hex")
+
+
+def test_max_subjects_fills_a_count_with_other_roles_and_leaves_the_default_draw_alone():
+    kw = dict(max_refs=3, categories=["subject", "subject_bg"])
+    capped = make_split("m", 90, 5, max_subjects=2, **kw)
+    # 3 references with at most 2 subjects can only be 2 subjects + the background
+    assert {(c.n_refs, len(c.spec.subjects)) for c in capped if c.n_refs == 3} == {(3, 2)}
+    assert max(len(c.spec.subjects) for c in capped) == 2
+    # a cap that does not bind (3 subjects at most 3 references) draws exactly what no cap draws
+    assert [fingerprint(a.spec) for a in make_split("m", 30, 5, **kw)] == \
+           [fingerprint(b.spec) for b in make_split("m", 30, 5, max_subjects=3, **kw)]
+    with pytest.raises(ValueError, match="at most 2 subject"):
+        make_split("m", 4, 5, max_refs=3, categories=["subject"], count_weights={3: 1.0}, max_subjects=2)

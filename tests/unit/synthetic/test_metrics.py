@@ -61,3 +61,10 @@ def test_chance_levels_are_near_one_in_nine():
     assert set(chance) == {1, 4, 8}
     # right subjects at random slots: about 1/9 of them land on their own slot
     assert all(0.03 < v < 0.25 for v in chance.values()), chance
+
+
+def test_chance_on_the_corners_layout_is_one_in_four_for_one_subject():
+    cases = make_split("test", 60, seed=5, size=24, max_refs=1, categories=["subject"], layout="corners")
+    chance = chance_levels(cases, draws=20, seed=0, layout="corners")
+    # one subject moved to a random one of 4 corners is right 1 time in 4 (1200 draws: ±0.04 is 3 sigma)
+    assert abs(chance[1] - 0.25) < 0.04, chance
