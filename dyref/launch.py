@@ -55,8 +55,10 @@ def start_reward_app(cfg: DyRefConfig, http: bool = False, wrap_scorer=None) -> 
 
     from common.rewards.client import APP_NAME
     from services.reward.app import reward_app
-    if http:
-        serve.start(http_options={"host": cfg.ray.serve_http_host, "port": cfg.ray.serve_http_port})
+    # whichever service starts Serve first fixes every node's HTTP proxy for the whole cluster: with
+    # no options it would be 127.0.0.1:8000, and on compose the gateway's container would then not
+    # answer on its published port (docs/operations.md "Compose end to end")
+    serve.start(http_options={"host": cfg.ray.serve_http_host, "port": cfg.ray.serve_http_port})
     serve.run(reward_app(cfg.rewards, wrap_scorer), name=APP_NAME, route_prefix="/rewards" if http else None, blocking=False)
 
 
