@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from common.config import GatewayConfig, PolicyConfig, RedisConfig
+from common.placement import role_resources
 from services.gateway.engine import GeneratorCore
 from services.gateway.prepare import GenJob, GenResult
 
@@ -102,7 +103,10 @@ def gateway_app(gateway: GatewayConfig, policy: PolicyConfig, redis: RedisConfig
     g, p, r = gateway.model_dump(mode="json"), policy.model_dump(mode="json"), redis.model_dump(mode="json")
     # each replica admits up to queue_limit itself and answers 429 beyond it; Serve's own limit is
     # set well above that so the proxy hands requests over instead of queueing them out of sight
+    # on a cluster with a gateway node, the replicas run there: Serve's proxy runs only on nodes with
+    # replicas, and that node's container is the one publishing the port (common/placement.py)
     return Gateway.options(num_replicas=gateway.replicas,
+                           ray_actor_options={"num_cpus": 0, "resources": role_resources("gateway")},
                            max_ongoing_requests=max(1000, 8 * gateway.queue_limit)).bind(g, p, r, redis_url)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ray
 
 from common.config import DyRefConfig
+from common.placement import role_resources
 from common.loop_actor import LoopActor
 
 __all__ = ["GeneratorActor", "start_generators"]
@@ -43,6 +44,7 @@ def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, pre
     out = []
     for i in range(n):
         a = GeneratorActor.options(name=f"{prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus,
+                                   resources=role_resources("generator"),   # the generator node, if any
                                    max_restarts=cfg.rl.generator_max_restarts,
                                    max_task_retries=-1 if cfg.rl.generator_max_restarts else 0).remote(f"{prefix}-{i}", dumped, redis_url, threads=cfg.rl.generator_threads,
                                                           metrics_port=cfg.metrics_port + 1 + i if cfg.metrics_port else 0)

@@ -15,6 +15,7 @@ from typing import Callable
 from ray import serve
 
 from common.config import RewardsConfig
+from common.placement import role_resources
 from common.rewards.client import APP_NAME, deployment_name
 from common.schemas import ScoreRequest, ScoreResponse
 from services.reward.scoring import GroupScorer, build_group_scorer
@@ -63,7 +64,8 @@ def reward_app(cfg: RewardsConfig, wrap_scorer: Callable[[GroupScorer], GroupSco
     `wrap_scorer` (picklable) wraps every replica's scorer: the chaos suite's fault injection."""
     kinds = sorted({c.scorer for c in cfg.components})
     dumped = cfg.model_dump(mode="json")
-    deps = [ScorerDeployment.options(name=deployment_name(k), num_replicas=cfg.replicas,
+    on_node = {"num_cpus": 0, "resources": role_resources("reward")}   # the reward node when there is one
+    deps = [ScorerDeployment.options(name=deployment_name(k), num_replicas=cfg.replicas, ray_actor_options=on_node,
                                      max_ongoing_requests=cfg.max_ongoing_requests).bind(k, dumped, wrap_scorer)
             for k in kinds]
     return _Router.options(name="router").bind(*deps, kinds)
