@@ -15,7 +15,8 @@
 #
 #   sudo scripts/compose_e2e.sh                 # full run
 #   E2E_QUICK=1 scripts/compose_e2e.sh          # reduced: fewer steps, no kill phase (the docker test)
-# Settings (environment): E2E_WORK (scratch, default a temp dir), E2E_STEPS (learner steps to wait
+# Settings (environment): E2E_WORK (scratch, kept: reuse it to keep the built images; default a
+# temp dir, removed at the end), E2E_STEPS (learner steps to wait
 # for, default 8; quick 3), E2E_TIMEOUT_S (per wait, default 900), DOCKER_HOST (an engine to use).
 set -Eeuo pipefail
 
@@ -24,6 +25,8 @@ cd "$ROOT"
 QUICK=${E2E_QUICK:-0}
 STEPS=${E2E_STEPS:-$([ "$QUICK" = 1 ] && echo 3 || echo 8)}
 TIMEOUT_S=${E2E_TIMEOUT_S:-900}
+OWN_WORK=0
+[ -n "${E2E_WORK:-}" ] || OWN_WORK=1   # a scratch folder of its own is removed at the end (images too)
 WORK=${E2E_WORK:-$(mktemp -d /tmp/dyref-e2e.XXXXXX)}
 mkdir -p "$WORK"
 PY="$ROOT/.venv/bin/python"
@@ -71,6 +74,7 @@ cleanup() {
     # dockerd can leave its network-namespace mount behind; unmount what it mounted under $WORK
     grep -o " $WORK/docker/[^ ]*" /proc/mounts | sort -r | xargs -r umount 2>/dev/null || true
   fi
+  if [ "$OWN_WORK" = 1 ] && ! grep -q " $WORK/" /proc/mounts; then rm -rf "$WORK"; fi
   exit $rc
 }
 trap cleanup EXIT
