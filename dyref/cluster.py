@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import typer
 
 __all__ = ["PROJECT", "COMPOSE_FILE", "ClusterError", "Compose", "find_compose", "compose_args", "up", "down",
-           "status", "logs", "cluster_app"]
+           "status", "wait_healthy", "logs", "cluster_app"]
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -164,8 +164,9 @@ def _row(c) -> dict:
             "image": (c.attrs.get("Config") or {}).get("Image", ""), "ports": ports}
 
 
-def _status(client) -> list[dict]:
-    return sorted((_row(c) for c in _containers(client)), key=lambda r: (r["service"], r["container"]))
+def _status(client, containers: Optional[list] = None) -> list[dict]:
+    rows = (_row(c) for c in (_containers(client) if containers is None else containers))
+    return sorted(rows, key=lambda r: (r["service"], r["container"]))
 
 
 def status() -> list[dict]:
@@ -213,10 +214,18 @@ def up(profile: str = "cpu", build: bool = True, services: Optional[list[str]] =
     log(f"compose {compose.version} ({compose.source})")
     _run(compose, ["--profile", profile, "up", "-d", "--build" if build else "--no-build", *(services or [])], log,
          env=_up_env())
+    return wait_healthy(timeout_s, log, client)
+
+
+def wait_healthy(timeout_s: float = 900, log: Callable[[str], None] = print, client=None) -> list[dict]:
+    """Wait until every container of the project with a healthcheck is healthy and every other one
+    runs, a stopped one without a restart policy shows it will not, or `timeout_s` passes.
+    Returns the status rows at that moment (check their `ok`)."""
+    client = client or _client()
     deadline, waiting = time.monotonic() + timeout_s, None
     while True:
         containers = _containers(client)
-        rows = sorted((_row(c) for c in containers), key=lambda r: (r["service"], r["container"]))
+        rows = _status(client, containers)
         bad = [r for r in rows if not r["ok"]]
         # a stopped container without a restart policy will not come back: no point waiting for it
         gone = [c for c in containers if (c.attrs.get("State") or {}).get("Status") in ("exited", "dead")

@@ -97,8 +97,8 @@ if ! docker info >/dev/null 2>&1; then
   say "started dockerd pid $STARTED_DOCKERD on $DOCKER_HOST"
 fi
 phase engine "$t"
-mapfile -t COMPOSE < <("$PY" -c "from dyref.cluster import find_compose; print(*find_compose().argv, sep='\n')")
-COMPOSE+=(-f "$ROOT/docker-compose.yml" --project-directory "$ROOT" -p "$PROJECT")
+# the compose `dyref cluster` uses, on this repository's file and project (dyref/cluster.py)
+mapfile -t COMPOSE < <("$PY" -c "from dyref.cluster import compose_args, find_compose; print(*compose_args(find_compose()), sep='\n')")
 say "compose: ${COMPOSE[0]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?'))"
 
 # ---- base images ---------------------------------------------------------------------------
@@ -150,19 +150,15 @@ UP=1
 # shellcheck disable=SC2068
 "${COMPOSE[@]}" --profile cpu up -d --no-build ${SERVICES[@]} >"$WORK/up.log" 2>&1 \
   || { tail -20 "$WORK/up.log"; "${COMPOSE[@]}" logs --tail 30; fail "compose up"; }
-wait_healthy() {
+wait_healthy() {  # dyref cluster's own wait (dyref/cluster.py wait_healthy)
   "$PY" - "$TIMEOUT_S" <<'EOF'
-import sys, time
-from dyref.cluster import status
-deadline = time.monotonic() + float(sys.argv[1])
-while True:
-    rows = status()
-    bad = [r for r in rows if not r["ok"]]
-    if rows and not bad:
-        print(" ".join(f"{r['service']}={r['health']}" for r in rows)); sys.exit(0)
-    if time.monotonic() > deadline:
-        print("not healthy: " + ", ".join(f"{r['service']}:{r['state']}/{r['health']}" for r in bad)); sys.exit(1)
-    time.sleep(3)
+import sys
+from dyref.cluster import wait_healthy
+rows = wait_healthy(float(sys.argv[1]), log=lambda line: print(line, file=sys.stderr))
+bad = [r for r in rows if not r["ok"]]
+print("not healthy: " + ", ".join(f"{r['service']}:{r['state']}/{r['health']}" for r in bad) if bad or not rows
+      else " ".join(f"{r['service']}={r['health']}" for r in rows))
+sys.exit(1 if bad or not rows else 0)
 EOF
 }
 wait_healthy || { "${COMPOSE[@]}" ps; "${COMPOSE[@]}" logs --tail 40; fail "the stack did not become healthy in ${TIMEOUT_S}s"; }

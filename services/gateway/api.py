@@ -17,7 +17,6 @@ import asyncio
 import base64
 import hmac
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +154,7 @@ def build_api(cfg: GatewayConfig, backend: Backend, jobs: JobStore | None, defau
         '`{"error": {"type", "code", "message", "param"}}` with `param` naming the field.'))
     install_error_handlers(app)
     capacity = cfg.queue_limit * (replicas or cfg.replicas)
-    state: dict[str, Any] = {"inflight": 0, "ready": False, "seen_failures": {}}
+    state: dict[str, Any] = {"inflight": 0, "ready": False}
     tasks: set[asyncio.Task] = set()
     bearer = HTTPBearer(auto_error=False, description="API key (only when the gateway is configured with api_keys)")
     retry_after = {"Retry-After": str(cfg.retry_after_s)}
@@ -402,28 +401,10 @@ def _ops_routes(app: FastAPI, cfg: GatewayConfig, backend: Backend, jobs: JobSto
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics():
+        # the policy runs in this process (services/gateway/deployments.py): its served version and
+        # weight-load failures are already in this registry
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-        await _mirror_generator_metrics(backend, state)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _mirror_generator_metrics(backend: Backend, state: dict) -> None:
-    """The generator replica counts in its own process; mirror its served version and weight-load
-    failures into this registry so one scrape of /metrics shows them (one replica per scrape)."""
-    try:
-        st = await asyncio.wait_for(backend.stats(), timeout=1.0)
-    except Exception:  # noqa: BLE001 - metrics must not fail because the generator is busy
-        return
-    name = st.get("replica") or "gateway"
-    if name.endswith(f"-{os.getpid()}"):
-        return  # same process (tests, local backend): the counters are already in this registry
-    if st.get("policy_version") is not None:
-        M.POLICY_VERSION_SERVED.labels(name).set(st["policy_version"])
-    seen = state["seen_failures"].setdefault(name, {})
-    for reason, count in (st.get("weight_load_failures") or {}).items():
-        if count > seen.get(reason, 0):
-            M.WEIGHT_LOAD_FAILURES.labels(name, reason).inc(count - seen.get(reason, 0))
-            seen[reason] = count
 
 
 def _strip_422(app: FastAPI) -> None:

@@ -94,9 +94,6 @@ class Gateway:
     def __serve_build_asgi_app__(self):
         return self._api
 
-    async def stats(self) -> dict:
-        return await self.backend.stats()
-
 
 def gateway_app(gateway: GatewayConfig, policy: PolicyConfig, redis: RedisConfig, redis_url: str | None):
     """The bound Serve application: ``gateway.replicas`` replicas of the one gateway deployment."""
