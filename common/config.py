@@ -76,8 +76,8 @@ class RayConfig(_Section):
     object_store_memory_mb: int = Field(256, ge=64, description="Object store size of a local Ray.")
     include_dashboard: bool = Field(False, description="Run the Ray dashboard (about 1 GB RSS more on a small box).")
     node_ip: str = Field("127.0.0.1", description="Node IP Ray binds to; loopback keeps traffic on this host.")
-    serve_http_host: str = Field("127.0.0.1", description="Host of the Serve HTTP proxy.")
-    serve_http_port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy (the gateway).")
+    serve_http_host: str = Field("127.0.0.1", description="Address the gateway's Serve replicas listen on (each serves HTTP itself; Serve runs no proxy).")
+    serve_http_port: int = Field(8000, ge=1, le=65535, description="Port the gateway's Serve replicas listen on (replicas on one node share it).")
     temp_dir: str | None = Field(None, description="Ray temp dir (None: a fresh one under the system temp dir).")
 
 

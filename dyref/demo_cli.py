@@ -32,11 +32,14 @@ def run_demo_command(cfg: DyRefConfig, out: str, quick: bool, serve_seconds: flo
     logging.basicConfig(level=logging.WARNING)
     out_dir = Path(out)
     plan = _plan_for(out_dir, quick, seed)
+    if serve_seconds != 0:   # the gateway binds the port only after RL: refuse a busy one now, not in 15 minutes
+        from services.gateway.deployments import listen_socket
+        try:
+            listen_socket("127.0.0.1", port).close()
+        except RuntimeError as e:
+            raise typer.BadParameter(f"{e}; choose another with --port", param_hint="--port") from None
     t0 = time.perf_counter()
     with local_stack(cfg) as stack:
-        from ray import serve
-        # Serve's HTTP proxy takes its address at first start: the reward app must not start it on 8000
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         console.print(f"[bold]DyRef demo[/bold] -> {out_dir}  (Redis {stack.redis_url.split('@')[-1]}"
                       f"{', embedded' if stack.embedded else ''}; Ray local; seed {plan.seed})")
         run_demo(cfg, out_dir, plan, stack.redis_url, say=console.print)

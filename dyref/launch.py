@@ -48,18 +48,16 @@ class StopFlag:
                 signal.signal(s, h)
 
 
-def start_reward_app(cfg: DyRefConfig, http: bool = False, wrap_scorer=None) -> None:
+def start_reward_app(cfg: DyRefConfig, wrap_scorer=None) -> None:
     """Deploy the reward application (one deployment per scorer) on the connected Ray cluster
     (`wrap_scorer`: the chaos suite's fault injection, dyref/chaos/faults.py)."""
     from ray import serve
 
     from common.rewards.client import APP_NAME
+    from common.serving import start_serve
     from services.reward.app import reward_app
-    # whichever service starts Serve first fixes every node's HTTP proxy for the whole cluster: with
-    # no options it would be 127.0.0.1:8000, and on compose the gateway's container would then not
-    # answer on its published port (docs/operations.md "Compose end to end")
-    serve.start(http_options={"host": cfg.ray.serve_http_host, "port": cfg.ray.serve_http_port})
-    serve.run(reward_app(cfg.rewards, wrap_scorer), name=APP_NAME, route_prefix="/rewards" if http else None, blocking=False)
+    start_serve()   # without an HTTP proxy: it would take the gateway's port (common/serving.py)
+    serve.run(reward_app(cfg.rewards, wrap_scorer), name=APP_NAME, route_prefix=None, blocking=False)
 
 
 def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | None = None,

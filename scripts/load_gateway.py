@@ -6,7 +6,7 @@ policy — cpu-tiny by default), then:
 
 1. overhead, side by side in one run: the same request (an OmniRef example case, fixed seed)
    alternately as a direct ``policy.generate`` call in this process and as ``POST /v1/generations``
-   through the Serve proxy -> ingress -> generator deployment, one at a time. Overhead = median HTTP
+   to the gateway replica (which serves HTTP itself, services/gateway/deployments.py), one at a time. Overhead = median HTTP
    round trip - median direct call; target: under max(5 % of the direct call, 10 ms).
 2. load: ``--clients`` concurrent clients (default 4 x capacity, capacity = queue_limit x replicas)
    for ``--rounds`` rounds of ``--seconds`` each. Every answer must be 200 or 429 (with
@@ -56,7 +56,7 @@ def replica_rss_mb() -> dict[str, float]:
         try:
             title = " ".join(p.info["cmdline"] or [])
             if "ServeReplica:gateway:" in title:
-                # the title's method suffix changes while it serves ("GatewayIngress.handle_request..."): drop it
+                # the title's method suffix changes while it serves ("Gateway.check_health..."): drop it
                 name = title.split("ServeReplica:gateway:", 1)[1].split()[0].split(".")[0]
                 out[f"{name}[{p.info['pid']}]"] = p.memory_info().rss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -331,7 +331,6 @@ def gateway_kill(workdir: Path, redis_url: str, seconds: float = 20.0, clients: 
     t0 = time.monotonic()
     cfg = chaos_cfg(redis_url, workdir)
     port = free_port()
-    serve.shutdown()  # Serve's HTTP port is fixed when it starts: start it afresh on ours
     start_gateway(cfg.gateway, cfg.policy, cfg.redis, redis_url, port=port)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(url), 120, 0.5)

@@ -83,7 +83,7 @@ def run_soak(minutes: float, workdir: Path, generate: bool = True, sample_s: flo
         cfg = chaos_cfg(server.url, workdir, rl={"checkpoint_every": 10})
         stop = threading.Event()
         url = None
-        if generate:  # first: Serve's HTTP port is fixed by whoever starts Serve
+        if generate:
             from services.gateway.deployments import start_gateway
             port = free_port()
             start_gateway(cfg.gateway, cfg.policy, cfg.redis, server.url, port=port)

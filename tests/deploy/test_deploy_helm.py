@@ -127,11 +127,12 @@ def test_gpu_values_request_gpus_for_generators_rewards_and_learner():
     docs = render(GPU_VALUES)
     ray = by_kind(docs, "RayCluster")[0]
     groups = {g["groupName"]: g for g in ray["spec"]["workerGroupSpecs"]}
-    assert set(groups) == {"generators", "rewards"}
+    assert set(groups) == {"generators", "rewards", "gateway"}
     for name, g in groups.items():
         limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert int(limits["nvidia.com/gpu"]) == 1, name
-        assert json.loads(json.loads(g["rayStartParams"]["resources"])) == {name[:-1] if name == "generators" else "reward": 1}
+        role = {"generators": "generator", "rewards": "reward", "gateway": "gateway"}[name]
+        assert json.loads(json.loads(g["rayStartParams"]["resources"])) == {role: 1}
     job = by_kind(docs, "Job")[0]
     assert int(job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == 1
     gen = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "dyref-generator")
@@ -206,8 +207,8 @@ def test_monitors_select_the_pods_that_export_metrics():
     pods = {name: t for name, t in _containers(docs)}
     for s in scraped:
         assert {p["name"] for p in s["spec"]["ports"]} & endpoint_ports, s["metadata"]["name"]
-        if s["metadata"]["name"] == "dyref-gateway":  # KubeRay labels the head pod with these
-            assert s["spec"]["selector"] == {"ray.io/cluster": "dyref-ray", "ray.io/node-type": "head"}
+        if s["metadata"]["name"] == "dyref-gateway":  # KubeRay labels each worker group's pods with these
+            assert s["spec"]["selector"] == {"ray.io/cluster": "dyref-ray", "ray.io/group": "gateway"}
             continue
         selected = [n for n, t in pods.items() if _matches({"matchLabels": s["spec"]["selector"]}, t["metadata"]["labels"])]
         assert selected, f"{s['metadata']['name']} selects no pod"
@@ -216,7 +217,7 @@ def test_monitors_select_the_pods_that_export_metrics():
             assert "metrics" in ports and any(p.get("readinessProbe") for p in pods[n]["spec"]["containers"]), n
     pm = by_kind(docs, "PodMonitor")[0]
     ray_pods = [n for n, t in pods.items() if _matches(pm["spec"]["selector"], t["metadata"]["labels"])]
-    assert sorted(ray_pods) == ["dyref-ray/generators", "dyref-ray/head", "dyref-ray/rewards"]
+    assert sorted(ray_pods) == ["dyref-ray/gateway", "dyref-ray/generators", "dyref-ray/head", "dyref-ray/rewards"]
     gen_ports = {p["name"]: p["containerPort"] for p in pods["dyref-ray/generators"]["spec"]["containers"][0]["ports"]}
     for ep in pm["spec"]["podMetricsEndpoints"]:
         assert ep["port"] in gen_ports or ep["port"] == "metrics"
@@ -239,8 +240,12 @@ def test_gateway_service_and_ingress():
     docs = render(GPU_VALUES)
     svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "dyref-gateway")
     assert svc["spec"]["ports"][0]["targetPort"] == "serve"
-    head = by_kind(docs, "RayCluster")[0]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert {"name": "serve", "containerPort": 8000} in head["ports"]
+    ray = by_kind(docs, "RayCluster")[0]["spec"]
+    groups = {g["groupName"]: g["template"]["spec"]["containers"][0] for g in ray["workerGroupSpecs"]}
+    # the gateway's replicas serve HTTP on the gateway group's pods; the head runs no Serve proxy
+    assert {"name": "serve", "containerPort": 8000} in groups["gateway"]["ports"]
+    head = ray["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "serve" not in {p["name"] for p in head["ports"]}
     ing = by_kind(docs, "Ingress")[0]
     assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "dyref-gateway"
     gw = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "dyref-gateway")

@@ -1,7 +1,7 @@
 """The gateway running for real: Ray Serve on loopback, the tiny policy, the embedded Redis.
 
-One Serve instance for the module: app "gateway" at / (the tested one) and app "broken" at
-/broken (a policy that cannot load: 503). Covers sync, async (202 + poll) and OpenAI-shim requests
+One Serve instance for the module, two apps whose replicas serve HTTP themselves: "gateway" (the
+tested one) and "broken" on its own port (a policy that cannot load: 503). Covers sync, async (202 + poll) and OpenAI-shim requests
 on the four real OmniRef example cases, weight switching (and refusing a corrupt version), every
 bad input (status + `param`), queue-full 429, the CLI client, a schemathesis fuzz run of the
 OpenAPI schema, and the web page in headless Chromium (skipped when no chromium is installed).
@@ -77,8 +77,9 @@ def gw(redis_server, tmp_path_factory):
     port = free_port()
     start_gateway(gcfg, pcfg, rcfg, redis_server.url, port=port)
     broken = PolicyConfig(source="pretrained", path=str(tmp_path_factory.mktemp("no-model") / "missing"))
-    serve.run(gateway_app(gcfg, broken, rcfg.model_copy(update={"namespace": keys.namespace + "b"}), redis_server.url),
-              name="broken", route_prefix="/broken")
+    broken_port = free_port()
+    serve.run(gateway_app(gcfg, broken, rcfg.model_copy(update={"namespace": keys.namespace + "b"}), redis_server.url,
+                          port=broken_port), name="broken", route_prefix=None)
     # the test's own copy of the policy, for trainable_state bytes to publish (same seed = same weights)
     from common.policy import build_policy
     policy = build_policy(pcfg)
@@ -91,6 +92,7 @@ def gw(redis_server, tmp_path_factory):
         pass
     g = GW()
     g.url, g.http, g.r, g.keys, g.policy, g.port = url, client, r, keys, policy, port
+    g.broken_url = f"http://127.0.0.1:{broken_port}"
     yield g
     client.close()
     r.close()
@@ -310,14 +312,46 @@ def test_queue_full_is_429_with_retry_after(gw):
 
 
 def test_no_model_is_503(gw):
-    r = gw.http.post("/broken/v1/generations", json={"prompt": "x"})
+    r = httpx.post(gw.broken_url + "/v1/generations", json={"prompt": "x"}, timeout=30)
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
     err = r.json()["error"]
     assert err["code"] == "model_not_ready" and "PolicyLoadError" in err["message"]
-    r = gw.http.get("/broken/readyz")
+    r = httpx.get(gw.broken_url + "/readyz", timeout=30)
     assert r.status_code == 503 and "model:" in r.json()["error"]["message"]
-    assert gw.http.post("/broken/v1/generations", json={"prompt": "x"}, headers={"Prefer": "respond-async"}).status_code == 503
+    assert httpx.post(gw.broken_url + "/v1/generations", json={"prompt": "x"}, headers={"Prefer": "respond-async"},
+                      timeout=30).status_code == 503
+
+
+def test_replicas_serve_http_themselves_and_share_the_port(gw, redis_server):
+    """Serve runs no HTTP proxy (common/serving.py); two replicas of one gateway listen on the same
+    port of this node (SO_REUSEPORT) and each answers requests on its own."""
+    from ray import serve
+
+    from common.config import GatewayConfig, PolicyConfig, RedisConfig
+    from common.transport import free_port
+    from services.gateway.deployments import gateway_app
+    assert not serve.status().proxies
+    port = free_port()
+    rcfg = RedisConfig(url=redis_server.url, namespace=gw.keys.namespace + "two")
+    serve.run(gateway_app(GatewayConfig(**LIMITS, replicas=2), PolicyConfig(), rcfg, redis_server.url, port=port),
+              name="two", route_prefix=None)
+    try:
+        seen = set()
+        deadline = time.monotonic() + 120
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with httpx.Client(timeout=30) as c:   # a new connection each time: the kernel picks a replica per connection
+                r = c.get(f"http://127.0.0.1:{port}/readyz")
+            if r.status_code == 200:
+                seen.add(r.json()["replica"])
+            else:
+                time.sleep(0.2)
+        assert len(seen) == 2, seen
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/generations", json={"prompt": "a red square", "width": 32,
+                                                                         "height": 32, "num_inference_steps": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        serve.delete("two")
 
 
 def test_health_and_docs(gw):

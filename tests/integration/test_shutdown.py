@@ -144,7 +144,7 @@ def _signal_ends_everything(tmp_path: Path, args: tuple[str, ...], need: tuple[s
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
                          ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_gateway_ends_every_process_it_started(tmp_path, sig):
-    _signal_ends_everything(tmp_path, ("gateway", "serve", "--port", str(free_port())), STACK + ("ProxyActor",), sig,
+    _signal_ends_everything(tmp_path, ("gateway", "serve", "--port", str(free_port())), STACK + ("ServeReplica:gateway:Gateway",), sig,
                             wait_s=120)
 
 
