@@ -1,7 +1,7 @@
 """How every service starts Ray Serve: once per cluster, without Serve's HTTP proxy.
 
 Nothing reaches a deployment through that proxy: the gateway's replicas serve HTTP themselves
-(services/gateway/deployments.py; the proxy hop cost ~25 ms per request, docs/measurements.md §4)
+(services/gateway/deployments.py; the proxy's hop cost ~9 ms per request, docs/measurements.md §4)
 and the reward app is called through handles. A proxy would also take the gateway's port on every
 node it runs on. Whichever service starts Serve first fixes its options for the whole cluster, so
 every service starts it through :func:`start_serve`.

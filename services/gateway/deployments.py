@@ -8,9 +8,8 @@
 Each replica runs its own HTTP server on the configured address, in the replica's event loop, and
 Serve runs no HTTP proxy (common/serving.py). Serve still owns the
 replicas (placement, health checks, restarts, ``num_replicas``); what it no longer does is relay
-every request through its proxy: that hop and the body relay cost ~25 ms per request against a
-~70 ms cpu-tiny generation, and the replica's own server brings the overhead to ~6 ms
-(docs/measurements.md §4). Replicas on one node share the port through SO_REUSEPORT (the kernel
+every request through its proxy: with it the gateway added ~23 ms to a ~55 ms cpu-tiny
+generation, without it ~14 ms, most of which is decoding the references (docs/measurements.md §4). Replicas on one node share the port through SO_REUSEPORT (the kernel
 spreads connections over them); a cluster publishes the port of the node the replicas run on
 (common/placement.py); a single replica binds the port alone. Each replica admits up to ``gateway.queue_limit`` requests itself and
 answers 429 before it reads a body beyond that.

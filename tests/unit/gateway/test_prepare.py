@@ -64,6 +64,21 @@ def test_prepare_limits_name_their_fields():
         assert _err(prepare_job, cfg, **kw).param == param, kw
 
 
+def test_references_decode_in_parallel_but_keep_order_and_the_first_error():
+    """prepare_job decodes several references at once (services/gateway/prepare.py): the arrays
+    still come back in request order, and of two bad references the first is the one reported."""
+    cfg = GatewayConfig(max_references=4)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (250, 250, 0)]
+    refs = [RefIn(role="subject", data=_png(16 + 8 * i, c), param=f"references[{i}].image") for i, c in enumerate(colours)]
+    job = prepare_job(cfg, prompt="p", refs=refs)
+    assert [a.shape[0] for _, a, _ in job.refs] == [16, 24, 32, 40]
+    assert [tuple(int(x) for x in a[0, 0]) for _, a, _ in job.refs] == colours
+    bad = [refs[0], RefIn(role="subject", b64="@@", param="references[1].image"), refs[2],
+           RefIn(role="subject", data=b"not an image", param="references[3].image")]
+    err = _err(prepare_job, cfg, prompt="p", refs=bad)
+    assert (err.param, err.code) == ("references[1].image", "invalid_base64")
+
+
 def test_prepare_accepts_data_urls_and_refuses_urls_by_default():
     cfg = GatewayConfig()
     data_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
