@@ -1,4 +1,5 @@
-"""One weight follower for every consumer of the weight store (the generator and the gateway).
+"""One weight follower for every consumer of the weight store (the generator, the gateway and the
+RL evaluator).
 
 A consumer serves one verified version and switches only when its caller asks, between groups or
 batches (docs/architecture.md, principle 4). The follower owns the version served, the versions
@@ -49,19 +50,23 @@ class WeightFollower:
     ``MRIGPolicy.load_trainable_state`` does. Any other exception from it is a fault of the
     consumer, not of the version, and propagates.
 
+    `wanted(version)`, when given, says which versions to switch to at all: one it declines is
+    neither fetched nor refused, and a later check asks again (the evaluator wants every K-th).
+
     Thread-safe (one lock), but `wait_for` holds the lock while it waits: a consumer that waits
     and serves from different threads should not share one follower.
     """
 
     def __init__(self, store: WeightStore, load: Callable[[bytes], None], consumer: str, service: str,
                  poll_interval_s: float = 1.0, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
-                 confirm_timeout_s: float = 2.0):
+                 confirm_timeout_s: float = 2.0, wanted: Callable[[int], bool] | None = None):
         if poll_interval_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
             raise ValueError("need poll_interval_s > 0 and 0 < backoff_s <= max_backoff_s")
         self.store, self.load, self.consumer, self.service = store, load, consumer, service
         self.poll_interval_s, self.backoff_s, self.max_backoff_s = poll_interval_s, backoff_s, max_backoff_s
-        self.confirm_timeout_s = confirm_timeout_s
+        self.confirm_timeout_s, self.wanted = confirm_timeout_s, wanted
         self.version: int | None = None
+        self.served = None      # the WeightVersion (metadata) of the version served
         self.refused: set[int] = set()
         self.failures: dict[str, int] = defaultdict(int)
         self.notices = 0        # weight notices received over pub/sub
@@ -125,7 +130,8 @@ class WeightFollower:
                 # not a version we can name, so nothing to refuse: look again at the next check
                 log.error("%s: unreadable weights metadata (%s); serving version %s", self.consumer, e, self.version)
                 return self.version
-            if latest is None or latest.version == self.version or latest.version in self.refused:
+            if (latest is None or latest.version == self.version or latest.version in self.refused
+                    or (self.wanted is not None and not self.wanted(latest.version))):
                 self._backoff = 0.0
                 return self.version
             t0 = time.perf_counter()
@@ -150,7 +156,7 @@ class WeightFollower:
             except CodecError as e:
                 self._refuse(latest.version, "invalid", e)
             else:
-                self.version = latest.version
+                self.version, self.served = latest.version, latest
                 M.POLICY_VERSION_SERVED.labels(self.consumer).set(latest.version)
                 M.WEIGHT_SYNC_SECONDS.labels(self.consumer).observe(max(0.0, time.time() - latest.created_at))
                 M.PHASE_SECONDS.labels(self.service, "sync").observe(time.perf_counter() - t0)

@@ -52,6 +52,15 @@ def test_evaluates_every_n_versions_exports_and_records(redis_server):
     line = next(x for x in text.splitlines() if x.startswith('dyref_eval_score{metric="background_error",n_refs="all"}'))
     assert float(line.split()[-1]) == pytest.approx(second["eval/background_error/all"], abs=1e-6)
     assert "dyref_eval_policy_version 2.0" in text
+    # a due version that does not load is refused once (counted), never evaluated nor fetched again;
+    # the next due version is evaluated
+    store.publish(state_to_bytes({n: torch.zeros(3) for n in moved}), 4, kind="full")
+    assert worker.evaluate_latest() is None and worker.follower.failures["shape"] == 1
+    assert worker.evaluate_latest() is None and worker.follower.failures["shape"] == 1
+    assert 'dyref_weight_load_failures_total{consumer="evaluator",reason="shape"} 1.0' in \
+        httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    store.publish(policy.trainable_state(), 5, kind="full")
+    assert worker.evaluate_latest()["version"] == 5 and worker.last == 5
 
 
 def test_evaluator_actor_follows_a_real_rl_run(ray_cluster, redis_server, tmp_path):

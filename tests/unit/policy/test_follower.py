@@ -45,6 +45,23 @@ def _follower(r, keys, policy, name, **kw) -> WeightFollower:
     return WeightFollower(WeightStore(r, keys), policy.load_trainable_state, consumer=name, service="test", **kw)
 
 
+def test_a_version_not_wanted_is_neither_loaded_nor_refused(r, keys, policy):
+    """`wanted` (the evaluator takes every 2nd version): a declined version is not fetched, not
+    refused, not counted; once the consumer wants it, the same version loads."""
+    fetched = []
+    store = WeightStore(r, keys)
+    fetch = store.fetch
+    store.fetch = lambda wv: fetched.append(wv.version) or fetch(wv)
+    want = {"min": 2}
+    f = WeightFollower(store, policy.load_trainable_state, consumer="f-wanted", service="test",
+                       wanted=lambda v: v >= want["min"])
+    store.publish(state_to_bytes(_moved(policy, 1)), version=1)
+    assert f.poll() is None and fetched == [] and f.refused == set() and dict(f.failures) == {}
+    want["min"] = 1
+    assert f.poll() == 1 and fetched == [1] and f.served.version == 1
+    f.close()
+
+
 def test_a_published_version_is_loaded_and_served(r, keys, policy):
     f = _follower(r, keys, policy, "f-pick")
     assert f.subscribed
