@@ -15,9 +15,9 @@ from common.policy.lora import AdapterError, make_lora_config, read_adapter_dir,
 from common.policy.policy import MRIGPolicy, SamplingError, TrainableStateError, mix_seed
 from common.policy.references import (CompiledReferences, InvalidReferenceError, ReferenceError_,
                                       TooManyReferencesError, UnknownRoleError, compile_references)
-from common.policy.rollout import GroupRollout, StepOutput
+from common.policy.rollout import GroupRollout, ScoredGroup, StepOutput
 
-__all__ = ["build_policy", "MRIGPolicy", "GroupRollout", "StepOutput", "Cond", "CompiledReferences",
+__all__ = ["build_policy", "MRIGPolicy", "GroupRollout", "ScoredGroup", "StepOutput", "Cond", "CompiledReferences",
            "compile_references", "default_lora_targets", "ReferenceError_", "TooManyReferencesError",
            "UnknownRoleError", "InvalidReferenceError", "TrainableStateError", "SamplingError", "AdapterError",
            "PolicyLoadError", "UnknownFamilyError", "mix_seed"]

@@ -9,7 +9,7 @@ import torch
 from common.policy.families import Cond
 from common.schemas import SamplingParams
 
-__all__ = ["GroupRollout", "StepOutput"]
+__all__ = ["GroupRollout", "ScoredGroup", "StepOutput"]
 
 # SamplingParams fields a group payload may lack: generators before issue 18 did not send it, and
 # rollouts never use it (no CFG in RL, docs/algorithm.md §9)
@@ -100,3 +100,40 @@ class GroupRollout:
                              f"{tuple(r.x_next.shape)}, log_probs {(g, t)}, step_indices {tuple(r.step_indices.shape)}, "
                              f"images {r.images.shape}")
         return r
+
+
+@dataclass
+class ScoredGroup:
+    """The blob of one scored group, generator -> learner (its stream entry is a GroupHeader).
+
+    ``rewards[name]`` is component ``name``'s raw scores: per member a score or a list of
+    per-reference scores (None: missing), or None when the component does not apply to the task
+    (common/rl/signals.py reads them). Whether the scores fit the group is the signals' check: a
+    group whose scores cannot be used is dead-lettered as unscorable, one that is not a scored
+    group at all (:meth:`from_wire` raises ValueError) as corrupt.
+    """
+    task_id: str
+    rollout: GroupRollout
+    rewards: dict[str, list | None]
+    record_index: int | None = None
+
+    def to_wire(self) -> dict:
+        return {"task_id": self.task_id, "record_index": self.record_index, "rollout": self.rollout.to_wire(),
+                "rewards": self.rewards}
+
+    @classmethod
+    def from_wire(cls, d) -> "ScoredGroup":
+        if not isinstance(d, dict):
+            raise ValueError(f"a scored group must be a mapping, got {type(d).__name__}")
+        missing = [k for k in ("task_id", "rollout", "rewards") if k not in d]
+        if missing:
+            raise ValueError(f"scored group lacks {', '.join(missing)}")
+        rewards = d["rewards"]
+        if not isinstance(rewards, dict) or not all(isinstance(k, str) for k in rewards):
+            raise ValueError(f"scored group rewards must map component names to scores, got {type(rewards).__name__}")
+        bad = [k for k, v in rewards.items() if v is not None and not isinstance(v, list)]
+        if bad:
+            raise ValueError(f"scored group rewards {', '.join(bad)}: expected a list of scores per member or None")
+        index = d.get("record_index")
+        return cls(task_id=str(d["task_id"]), rollout=GroupRollout.from_wire(d["rollout"]), rewards=rewards,
+                   record_index=None if index is None else int(index))

@@ -22,7 +22,7 @@ from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.images import ImageError, decode_image, encode_image
-from common.policy import GroupRollout, build_policy
+from common.policy import GroupRollout, ScoredGroup, build_policy
 from common.policy.families import to_pil
 from common.policy.follower import WeightFollower, WeightSyncError
 from common.schemas import GroupHeader, Task, group_id_for
@@ -141,9 +141,8 @@ class GeneratorWorker:
         rewards = self._collect(job.scoring)
         t2 = time.perf_counter()
         task, gid = job.task, group_id_for(job.task.task_id, job.task.policy_version)
-        payload = {"rollout": job.rollout.to_wire(), "rewards": rewards, "task_id": task.task_id,
-                   "record_index": task.record_index}
-        blob = encode(payload)
+        blob = encode(ScoredGroup(task_id=task.task_id, rollout=job.rollout, rewards=rewards,
+                                  record_index=task.record_index).to_wire())
         header = GroupHeader(group_id=gid, task_id=task.task_id, policy_version=job.version, generator_id=self.id,
                              blob_key=self.keys.blob("group", gid), blob_bytes=len(blob),
                              blob_sha256=hashlib.sha256(blob).hexdigest(), group_size=task.group_size,

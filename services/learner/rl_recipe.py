@@ -23,7 +23,7 @@ import torch
 from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
-from common.policy import GroupRollout, build_policy
+from common.policy import GroupRollout, ScoredGroup, build_policy
 from common.policy.sde import kl_std_dev_t, sde_step, step_std
 from common.rl import (EMA, BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, kl_penalty, ppo_loss,
                        version_lag)
@@ -222,15 +222,13 @@ class RLRecipe:
             blob = self.groups.blob(entry)
             if blob is None:
                 raise CodecError("group blob is missing (expired or never written)")
-            payload = decode(blob, max_bytes=self.cfg.redis.max_payload_mb * 2**20)
-            rollout = GroupRollout.from_wire(payload["rollout"])
-            rewards = payload["rewards"]
+            scored = ScoredGroup.from_wire(decode(blob, max_bytes=self.cfg.redis.max_payload_mb * 2**20))
         except (CodecError, KeyError, ValueError, TypeError) as e:
             self.groups.dead_letter(entry, f"corrupt group payload: {e}")
             M.GROUPS_DROPPED.labels("corrupt").inc()
             return None
         seen.add(header.group_id)
-        return ConsumedGroup(entry, header, rollout, rewards, lag)
+        return ConsumedGroup(entry, header, scored.rollout, scored.rewards, lag)
 
     def consume(self, n: int, should_stop: Callable[[], bool] = lambda: False, timeout_s: float = 600.0) -> list[ConsumedGroup]:
         """Block until `n` fresh, complete groups are in hand (admitting as slots free up)."""

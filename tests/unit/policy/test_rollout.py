@@ -51,3 +51,31 @@ def test_params_lacking_a_field_are_refused_not_defaulted(field):
     del d["params"]
     with pytest.raises(ValueError, match="lacks params"):
         GroupRollout.from_wire(d)
+
+
+def test_a_scored_group_survives_the_wire_with_the_keys_older_learners_read():
+    from common.policy import ScoredGroup
+    rewards = {"subjects": [[0.5, None], [0.25, 1.0]], "background": None, "scene": [0.75, None]}
+    g = ScoredGroup(task_id="run-00000007", rollout=rollout(SamplingParams(**OLD_WIRE)), rewards=rewards, record_index=4)
+    wire = decode(encode(g.to_wire()))
+    assert set(wire) == {"task_id", "record_index", "rollout", "rewards"}   # the dict generators wrote before
+    back = ScoredGroup.from_wire(wire)
+    assert (back.task_id, back.record_index, back.rewards) == ("run-00000007", 4, rewards)
+    assert torch.equal(back.rollout.log_probs, g.rollout.log_probs)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("rewards"), "lacks rewards"),
+    (lambda d: d.pop("task_id"), "lacks task_id"),
+    (lambda d: d.update(rewards=[0.5, 0.5]), "must map component names"),
+    (lambda d: d.update(rewards={"scene": 0.5}), "rewards scene: expected a list"),
+    (lambda d: d["rollout"].pop("x_t"), "lacks x_t"),
+])
+def test_a_payload_that_is_not_a_scored_group_is_refused_naming_what(change, message):
+    from common.policy import ScoredGroup
+    d = ScoredGroup(task_id="t", rollout=rollout(SamplingParams(**OLD_WIRE)), rewards={"scene": [1.0, 0.0]}).to_wire()
+    change(d)
+    with pytest.raises(ValueError, match=message):
+        ScoredGroup.from_wire(d)
+    with pytest.raises(ValueError, match="must be a mapping"):
+        ScoredGroup.from_wire([d])
