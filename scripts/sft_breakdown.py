@@ -9,6 +9,8 @@ metrics.py): if it is much higher than placement, the policy places subjects but
 
     .venv/bin/python scripts/sft_breakdown.py --seed 0 --out runs/sft-s0
     .venv/bin/python scripts/sft_breakdown.py --seed 0 --set max_subjects=1 --out runs/one-subject-s0
+    # more training cases, weighted towards more references; the demo's held-out split is kept
+    .venv/bin/python scripts/sft_breakdown.py --seed 0 --train-cases 12000 --train-count-weights 1,8,8 --out runs/sft-big-s0
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="plan_field=python_literal (repeatable).")
+    ap.add_argument("--train-cases", type=int, default=None, help="Training cases (default: the plan's n_train).")
+    ap.add_argument("--train-count-weights", default=None,
+                    help="Weights of 1, 2, ... references in the training split, e.g. 1,8,8 (default: equal).")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     import numpy as np
@@ -61,6 +66,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(load_config("cpu-tiny"), out, plan, namespace="sft-breakdown")
     train, test = make_data(plan)
+    if a.train_cases or a.train_count_weights:   # another training split; the held-out split stays the demo's
+        from common.synthetic import make_split
+        from common.synthetic.spec import fingerprint
+        weights = [float(w) for w in a.train_count_weights.split(",")] if a.train_count_weights else [1.0] * plan.max_refs
+        train = make_split("train", a.train_cases or plan.n_train, plan.seed, size=plan.size, ref_size=16,
+                           max_refs=plan.max_refs, categories=list(plan.categories),
+                           count_weights={n + 1: w for n, w in enumerate(weights)}, layout=plan.layout,
+                           max_subjects=plan.max_subjects, exclude={fingerprint(c.spec) for c in test})
     t0 = time.perf_counter()
     sft = run_sft(cfg, [TrainingCase(**c.training_case()) for c in train], test, plan,
                   lambda m: print(f"[{time.perf_counter() - t0:.0f}s] {m}", flush=True))
