@@ -4,7 +4,7 @@ Measures, on one device, and writes a JSON report (bench/results/<card>-<date>.j
   sampling     images/s of ``MRIGPolicy.generate(n=G)`` (plain ODE) and ``sample_group(G)`` (SDE train
                step + stored transitions + log-probs) at the same size: the bookkeeping overhead;
   train        one LoRA RL step (``step_log_prob`` + ``common.rl.ppo_loss`` on the sampled group, as
-               services/learner/rl_recipe.py ``_step_loss`` does; backward, grad clip, AdamW) with
+               services/learner/trainer.py ``Trainer.step_loss`` does; backward, grad clip, AdamW) with
                gradient checkpointing: seconds and peak memory;
   weight_sync  ``trainable_state`` -> WeightStore.publish -> latest/fetch -> ``load_trainable_state``
                through an embedded Redis;

@@ -2,7 +2,9 @@
 
 Written top to bottom like a torchtune recipe: :meth:`RLRecipe.setup`, then :meth:`RLRecipe.train`
 which loops admit -> consume -> update -> publish -> checkpoint. The algorithm is the pure
-functions of common/rl (composed by common.rl.signals); this file only does the I/O around them.
+functions of common/rl (composed by common.rl.signals); this file is the learner's control plane and
+does the I/O around them. The policy, its optimizer and the loss live behind
+services/learner/trainer.py (``update(groups) -> stats``), which gets whole groups with their signals.
 
 Accounting (exactly once): every admitted task ends as one of consumed / dropped_stale /
 dead-lettered (a corrupt group, or one whose training signals cannot be computed). Counters live in one Redis hash, incremented in the same MULTI/EXEC as the XACK
@@ -23,16 +25,15 @@ import torch
 from common import metrics as M
 from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
-from common.policy import GroupRollout, ScoredGroup, build_policy
-from common.policy.sde import kl_std_dev_t, sde_step, step_std
-from common.rl import (EMA, BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, kl_penalty, ppo_loss,
-                       version_lag)
+from common.policy import GroupRollout, ScoredGroup
+from common.rl import BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, version_lag
 from common.schemas import GroupHeader, SamplingParams
 from common.transport import (Entry, Keys, RedisFull, WeightStore, connect, group_queue, retry_on_oom,
                               task_queue)
 from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.tasks import TaskSource
+from services.learner.trainer import Trainer, TrainGroup
 
 __all__ = ["RLRecipe", "ConsumedGroup"]
 
@@ -55,14 +56,13 @@ class RLRecipe:
         self.rl = cfg.rl
 
     # ---- setup ---------------------------------------------------------------------------------
+    @property
+    def policy(self):
+        """The policy being trained (the trainer's)."""
+        return self.trainer.policy
+
     def setup(self) -> "RLRecipe":
-        torch.manual_seed(self.rl.seed)
-        self.policy = build_policy(self.cfg.policy).train()
-        params = self.policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(params, lr=self.rl.lr, betas=self.rl.betas,
-                                           weight_decay=self.rl.weight_decay, eps=self.rl.adam_eps)
-        self.ema = (EMA.from_config(self.rl.ema, dict(self.policy.named_trainable_parameters()))
-                    if self.rl.ema.enabled else None)
+        self.trainer = Trainer(self.cfg.policy, self.rl)
         self.r = connect(self.redis_url, self.cfg.redis, service="learner")
         for reason in ("stale", "corrupt", "unscorable"):
             M.GROUPS_DROPPED.labels(reason)  # exported as 0 until the first drop
@@ -77,12 +77,7 @@ class RLRecipe:
         self.state = LearnerState(run_id=uuid.uuid4().hex[:8])
         ckpt = load_latest(self.ckpt_dir)
         if ckpt is not None:
-            self.policy.load_trainable_state(ckpt.trainable)
-            if ckpt.optimizer:
-                self.optimizer.load_state_dict(ckpt.optimizer)
-            if self.ema is not None and ckpt.ema is not None:
-                self.ema.load_state_dict({"decay": self.rl.ema.decay, "update_interval": self.rl.ema.update_interval,
-                                          "warmup": self.rl.ema.warmup, "num_updates": 0, "shadow": ckpt.ema})
+            self.trainer.restore(ckpt.trainable, ckpt.optimizer, ckpt.ema)
             self.state = ckpt.state
             log.info("resumed from %s at step %d, version %d", ckpt.path, self.state.step, self.state.version)
         # the ledger (audit hash) names the run id its task ids carry. This learner's run is the one
@@ -317,58 +312,18 @@ class RLRecipe:
         return [], None
 
     # ---- update --------------------------------------------------------------------------------
-    def _step_loss(self, g: ConsumedGroup, j: int, adv: torch.Tensor, w: torch.Tensor):
-        ro = g.rollout
-        x_t, x_next, idx = ro.transition(j)
-        out = self.policy.step_log_prob(ro.cond, x_t, x_next, idx, ro.sigmas, ro.params)
-        kl = None
-        if self.rl.kl.beta > 0:
-            dyn, eta = ro.params.dynamics, float(ro.params.noise_level)
-            sigma, sigma_next = ro.sigmas[idx], ro.sigmas[idx + 1]
-            with torch.no_grad():
-                v_ref = self.policy.reference_velocity(ro.cond, x_t, sigma, mode=self.rl.kl.reference)
-                ref = sde_step(dyn, x_t, v_ref, sigma, sigma_next, eta, sigma_max=ro.sigmas[1], prev_sample=x_next)
-            # the v/mean kinds divide by the dynamics' own std_dev_t, the exact kind by the step std;
-            # they differ by sqrt(|dt|) for flow-sde only (docs/algorithm.md §4)
-            std_dev_t = kl_std_dev_t(dyn, sigma, sigma_next, eta, sigma_max=ro.sigmas[1])
-            s = step_std(dyn, sigma, sigma_next, eta, sigma_max=ro.sigmas[1])
-            kl = kl_penalty(self.rl.kl.kind, v_theta=out.velocity, v_ref=v_ref, mean_theta=out.mean,
-                            mean_ref=ref.mean, std_dev_t=std_dev_t, step_std=s)
-        return ppo_loss(out.log_prob, ro.log_probs[:, j], adv, w.expand_as(adv), clip_range=self.rl.clip_range,
-                        adv_clip=self.rl.adv_clip, kl=kl, kl_beta=self.rl.kl.beta)
-
     def update(self, batch: list[ConsumedGroup], sig: BatchSignals | None = None) -> dict[str, float]:
-        """One learner step on `batch`: signals (computed here unless given, see :meth:`signals`), then
-        `ppo_epochs` x `minibatches` optimizer steps."""
+        """One learner step on `batch`: signals over the whole batch (computed here unless given, see
+        :meth:`signals`), then the trainer's optimizer steps on the groups with their signals."""
         if sig is None:
             sig = self._batch_signals(batch)
-        stats_sum: dict[str, float] = {}
-        n_evals = 0
-        params = self.policy.trainable_parameters()
-        gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
         advantages = sig.advantages
         if self.rl.shuffle_advantages:  # negative control: the same values, attached to random samples
+            gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
             flat = advantages.flatten()
             advantages = flat[torch.randperm(flat.numel(), generator=gen)].view_as(advantages)
-        for _epoch in range(self.rl.ppo_epochs):
-            order = torch.randperm(len(batch), generator=gen).tolist()
-            chunks = [order[i::self.rl.minibatches] for i in range(self.rl.minibatches)]
-            for chunk in (c for c in chunks if c):
-                self.optimizer.zero_grad(set_to_none=True)
-                terms = sum(batch[b].rollout.step_indices.numel() for b in chunk)
-                for b in chunk:
-                    for j in range(batch[b].rollout.step_indices.numel()):
-                        loss, st = self._step_loss(batch[b], j, advantages[b], sig.dar_weights[b])
-                        (loss / terms).backward()
-                        for k, v in st.as_dict(prefix="losses/").items():
-                            stats_sum[k] = stats_sum.get(k, 0.0) + v
-                        n_evals += 1
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.rl.max_grad_norm)
-                stats_sum["losses/grad_norm"] = stats_sum.get("losses/grad_norm", 0.0) + float(grad_norm) * terms
-                self.optimizer.step()
-        out = {k: v / max(n_evals, 1) for k, v in stats_sum.items()}
-        if self.ema is not None:
-            self.ema.update(self.state.step)
+        out = self.trainer.update([TrainGroup(g.rollout, advantages[b], sig.dar_weights[b]) for b, g in enumerate(batch)],
+                                  step=self.state.step)
         out.update(self._reward_stats(batch, sig))
         out.update({f"signals/{k}": v for k, v in sig.diagnostics.items()})
         out["signals/dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
@@ -418,15 +373,14 @@ class RLRecipe:
         t0 = time.perf_counter()
         if bump:
             self.state.version += 1
-        self.weights.publish(self.policy.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
+        self.weights.publish(self.trainer.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
                              step=self.state.step)
         M.POLICY_VERSION_PUBLISHED.set(self.state.version)
         M.PHASE_SECONDS.labels("learner", "publish").observe(time.perf_counter() - t0)
         return self.state.version
 
     def save_checkpoint(self) -> Path:
-        ema = self.ema.state_dict()["shadow"] if self.ema is not None else None
-        path = save_checkpoint(self.ckpt_dir, self.state, self.policy.trainable_state(), self.optimizer.state_dict(), ema)
+        path = save_checkpoint(self.ckpt_dir, self.state, *self.trainer.checkpoint_state())
         # the checkpoint holds these steps now: their groups can no longer be rolled back
         done = [k for k in self.r.hkeys(self.keys.step_groups) if int(k) <= self.state.step]
         if done:

@@ -14,13 +14,14 @@ from common.policy.sde import sde_step
 from common.rl import ppo_loss
 from common.schemas import GroupHeader, SamplingParams
 from services.learner.rl_recipe import ConsumedGroup, RLRecipe
+from services.learner.trainer import Trainer
 from services.learner.tasks import TaskSource, synthetic_cases
 
 B, SHAPE = 2, (3, 4)
 
 
 class FakePolicy:
-    """The two policy calls _step_loss makes; velocities fixed so the KL is known by hand."""
+    """The two policy calls Trainer.step_loss makes; velocities fixed so the KL is known by hand."""
 
     def __init__(self, v_theta, v_ref, dyn, eta):
         self.v_theta, self.v_ref, self.dyn, self.eta = v_theta, v_ref, dyn, eta
@@ -38,15 +39,15 @@ class FakePolicy:
 def kl_of_step(dyn, kind, sigmas, idx, eta):
     x = torch.zeros(B, *SHAPE)
     v_theta, v_ref = torch.zeros(B, *SHAPE), torch.full((B, *SHAPE), 0.1)
-    recipe = object.__new__(RLRecipe)
-    recipe.rl = RLConfig(kl={"beta": 0.04, "kind": kind})
-    recipe.policy = FakePolicy(v_theta, v_ref, dyn, eta)
+    trainer = object.__new__(Trainer)
+    trainer.rl = RLConfig(kl={"beta": 0.04, "kind": kind})
+    trainer.policy = FakePolicy(v_theta, v_ref, dyn, eta)
     sig = torch.tensor(sigmas)
     ro = SimpleNamespace(cond=None, sigmas=sig, params=SamplingParams(dynamics=dyn, noise_level=eta),
                          log_probs=torch.zeros(B, 1), transition=lambda j: (x, x, idx))
-    _, stats = recipe._step_loss(SimpleNamespace(rollout=ro), 0, torch.zeros(B), torch.ones(1))
+    _, stats = trainer.step_loss(ro, 0, torch.zeros(B), torch.ones(1))
     # the policy's recompute and the learner's KL reference read one object: the rollout's params
-    assert recipe.policy.params is ro.params
+    assert trainer.policy.params is ro.params
     return stats.kl
 
 
@@ -110,7 +111,7 @@ def _consumed(rec, published):
 
 
 def _zero_step_loss(rec):
-    def step_loss(g, j, adv, w):  # no rollout to recompute: a zero loss that still reaches the weights
+    def step_loss(ro, j, adv, w):  # no rollout to recompute: a zero loss that still reaches the weights
         p = rec.policy.trainable_parameters()[0]
         return ppo_loss(p.sum() * 0 + torch.zeros(G), torch.zeros(G), adv, w.expand_as(adv))
     return step_loss
@@ -120,7 +121,7 @@ def test_train_dead_letters_an_unscorable_group_and_trains_on_the_rest(recipe, m
     published = [_publish(recipe, 2, [0.3, 0.7]), _publish(recipe, 14, [0.5, 0.6]), _publish(recipe, 3, [0.6, 0.4])]
     batches = [_consumed(recipe, published)]
     monkeypatch.setattr(recipe, "consume", lambda n, should_stop=None, timeout_s=0: batches.pop() if batches else [])
-    monkeypatch.setattr(recipe, "_step_loss", _zero_step_loss(recipe))
+    monkeypatch.setattr(recipe.trainer, "step_loss", _zero_step_loss(recipe))
     state = recipe.train(steps=2)  # the second step finds no groups and stops
     assert state.step == 1 and state.history[-1]["data/groups_unscorable"] == 1
     assert bad_keys(state.history[-1]) == [] and "losses/loss" in state.history[-1]  # common/rl/history.py
