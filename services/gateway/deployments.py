@@ -21,6 +21,7 @@ Torch work never runs on a replica's event loop (docs/measurements.md §4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -125,7 +126,9 @@ class Gateway:
         # no lifespan (the app has no startup hooks), no access log (the app counts requests itself)
         self._server = uvicorn.Server(uvicorn.Config(api, lifespan="off", access_log=False, log_level="warning",
                                                      timeout_keep_alive=30))
-        self._server.install_signal_handlers = lambda: None   # the replica, not uvicorn, owns signals
+        # the replica, not uvicorn, owns the process's signals (uvicorn would take SIGTERM/SIGINT for
+        # the whole serve() when it runs on the main thread)
+        self._server.capture_signals = contextlib.nullcontext
         self._http = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         self.address = f"{host}:{port}"
 
