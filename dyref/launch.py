@@ -101,6 +101,10 @@ def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | No
             raise RuntimeError("a generator loop ended without being stopped")
         return stop()
     try:
+        if len(workers) > len(gens):
+            # the evaluator is built before the first step (status answers after __init__): niced on a
+            # busy box, it could otherwise start after a short run ended and score only the last version
+            ray.get(workers[-1][0].status.remote(), timeout=300)
         state = recipe.train(until=steps, should_stop=stop_or_fail, on_step=on_step)
     finally:
         for actor, _ in workers:
