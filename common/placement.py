@@ -3,8 +3,8 @@
 On docker compose and the Helm chart every service's container joins Ray as a node that declares
 a custom resource named after its role (`RAY_RESOURCES='{"gateway": 1}'`, docs/operations.md).
 Actors and replicas ask for a sliver of it, so they run in their own container: the gateway's
-replicas behind the HTTP port that container publishes (Serve runs a proxy only on nodes with
-replicas), the reward models and the generators on the devices their containers were given. A
+replicas behind the HTTP port that container publishes (they serve HTTP themselves on the node
+they run on), the reward models and the generators on the devices their containers were given. A
 local Ray declares no such resource, and then they ask for nothing.
 """
 from __future__ import annotations

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common import metrics as M
 from common.codec import CodecError
 from common.policy.policy import TrainableStateError
+from common.schemas import WeightVersion
 from common.transport.weights import ChecksumError, WeightsMissing, WeightStore
 
 __all__ = ["WeightFollower", "WeightSyncError", "REASONS"]
@@ -65,8 +66,7 @@ class WeightFollower:
         self.store, self.load, self.consumer, self.service = store, load, consumer, service
         self.poll_interval_s, self.backoff_s, self.max_backoff_s = poll_interval_s, backoff_s, max_backoff_s
         self.confirm_timeout_s, self.wanted = confirm_timeout_s, wanted
-        self.version: int | None = None
-        self.served = None      # the WeightVersion (metadata) of the version served
+        self.served: WeightVersion | None = None   # metadata of the version served
         self.refused: set[int] = set()
         self.failures: dict[str, int] = defaultdict(int)
         self.notices = 0        # weight notices received over pub/sub
@@ -82,6 +82,11 @@ class WeightFollower:
             M.WEIGHT_LOAD_FAILURES.labels(consumer, reason)  # exported as 0 until the first failure
         with self._lock:
             self._subscribe()
+
+    @property
+    def version(self) -> int | None:
+        """The version served (None: nothing loaded yet)."""
+        return None if self.served is None else self.served.version
 
     @property
     def subscribed(self) -> bool:
@@ -156,7 +161,7 @@ class WeightFollower:
             except CodecError as e:
                 self._refuse(latest.version, "invalid", e)
             else:
-                self.version, self.served = latest.version, latest
+                self.served = latest
                 M.POLICY_VERSION_SERVED.labels(self.consumer).set(latest.version)
                 M.WEIGHT_SYNC_SECONDS.labels(self.consumer).observe(max(0.0, time.time() - latest.created_at))
                 M.PHASE_SECONDS.labels(self.service, "sync").observe(time.perf_counter() - t0)

@@ -222,8 +222,8 @@ def prepare_job(cfg: GatewayConfig, *, prompt: str | None, refs: list[RefIn], n:
     # the references decode in parallel (zlib and Pillow's decoders release the GIL): four 256 px PNGs
     # took 8 ms one after another, most of the gateway's overhead (docs/measurements.md §4). The
     # first bad reference, in request order, is the error reported, as before.
-    arrays = list(_DECODERS.map(lambda a: _decode_ref(a[1], a[0], cfg), enumerate(refs))) if len(refs) > 1 else \
-        [_decode_ref(r, i, cfg) for i, r in enumerate(refs)]
+    decode = _DECODERS.map if len(refs) > 1 else map   # one reference: no hand-off to a thread
+    arrays = list(decode(_decode_ref, refs, range(len(refs)), [cfg] * len(refs)))
     decoded = [(ref.role, a, ref.description) for ref, a in zip(refs, arrays)]
     return GenJob(prompt=prompt, refs=decoded, n=n, width=w, height=h, seed=seed, steps=steps, guidance=g,
                   negative_prompt=negative_prompt or None, output_format=output_format)
