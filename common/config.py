@@ -20,7 +20,7 @@ from common.roles import Role
 
 __all__ = [
     "Dynamics", "DyRefConfig", "RedisConfig", "RayConfig", "PolicyConfig", "LoraConfig", "SDEConfig",
-    "RLConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
+    "RLConfig", "LearnerWorkersConfig", "DRSConfig", "DARConfig", "KLConfig", "EMAConfig", "RewardsConfig",
     "RewardComponent", "GatewayConfig", "BenchConfig", "SFTConfig", "ConfigError", "load_config",
     "PROFILES_DIR", "format_validation_error", "FieldError",
 ]
@@ -198,6 +198,19 @@ class EMAConfig(_Section):
     warmup: bool = Field(True, description="decay_t = min((1+t)/(10+t), decay), as the reference does.")
 
 
+class LearnerWorkersConfig(_Section):
+    """The trainer's workers (docs/architecture.md, "The learner"): one is the plain in-process
+    trainer; more run as a Ray Train ``TorchTrainer`` worker group driven by the control plane."""
+    workers: int = Field(1, ge=1, description="Trainer workers. 1: the trainer runs in the learner's process; N > 1: a Ray Train TorchTrainer group of N, each GRPO group trained whole on one of them.")
+    strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="How N > 1 workers share the model: ddp (every worker holds the whole model, gradients all-reduced: LoRA and small models) or fsdp2 (fully_shard per repeated block then the root: full fine-tuning of large ones).")
+    param_dtype: Literal["fp32", "bf16"] = Field("fp32", description="fsdp2: dtype the sharded parameters are gathered and computed in (gradients are always reduced in fp32).")
+    activation_checkpointing: bool = Field(False, description="fsdp2: recompute each sharded block's activations in the backward pass (less memory, ~1/3 more compute).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each trainer worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each trainer worker (0: CPU training with gloo; > 0: NCCL).")
+    max_failures: int = Field(3, ge=0, description="Times Ray Train restarts the worker group after a worker dies; the control plane then resumes it from the last checkpoint.")
+    start_timeout_s: float = Field(300.0, gt=0, description="How long the workers may take to be placed and build the policy before the learner fails at start-up.")
+
+
 class RLConfig(_Section):
     advantage: Literal["grpo", "gdpo"] = Field("gdpo", description="Group advantage estimator.")
     global_std: bool = Field(False, description="GRPO only: divide by the batch std instead of the group std.")
@@ -228,7 +241,18 @@ class RLConfig(_Section):
     generator_max_restarts: int = Field(3, ge=-1, description="Ray restarts of a generator actor whose process died (kill -9, OOM); its loop resumes and its pending task is reclaimed. -1: unlimited.")
     eval_every: int = Field(0, ge=0, description="The evaluator scores the held-out split every N published weight versions while RL runs (0: no evaluator).")
     eval_cases: int = Field(48, ge=1, description="Held-out synthetic cases the evaluator scores (dyref train rl; the demo passes its own).")
+    learner: LearnerWorkersConfig = Field(default_factory=LearnerWorkersConfig, description="The trainer's workers: count, sharding strategy, resources.")
     shuffle_advantages: bool = Field(False, description="Negative control for ablations: permute the advantages across the whole batch (seeded) before the loss, so they carry no information about which sample earned them.")
+
+    @model_validator(mode="after")
+    def _every_worker_has_a_group(self) -> "RLConfig":
+        # a GRPO group is trained whole on one worker (DAR and the advantages are per group), so a
+        # step of groups_per_step groups keeps at most that many workers busy
+        if self.learner.workers > self.groups_per_step:
+            raise FieldError(("learner.workers", f"{self.learner.workers} trainer workers but a step has only "
+                              f"{self.groups_per_step} groups (rl.groups_per_step), and each group is trained whole "
+                              f"on one worker: use at most {self.groups_per_step} workers or more groups per step"))
+        return self
 
 
 class SFTConfig(_Section):

@@ -156,11 +156,22 @@ class MRIGPolicy:
         named = self._named()
         return [(n, named[n]) for n in self._trainable_names]
 
-    def trainable_state(self) -> bytes:
-        """safetensors bytes of every trainable tensor (LoRA A/B of the trained adapter, or all weights)."""
+    def trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules holding the trainable parameters, by the prefix their names carry in
+        :meth:`named_trainable_parameters` (a data-parallel wrapper takes these)."""
+        out = {"transformer": self.transformer}
+        if self.train_text_encoder:
+            out[TEXT_ENCODER_PREFIX.rstrip(".")] = self.pipe.text_encoder
+        return out
+
+    def trainable_state(self, tensors: dict[str, torch.Tensor] | None = None) -> bytes:
+        """safetensors bytes of every trainable tensor (LoRA A/B of the trained adapter, or all weights).
+        ``tensors``: the same names with other values (a sharded trainer passes the gathered ones)."""
         # one metadata key: safetensors orders several keys arbitrarily, and equal weights must give equal bytes
         meta = {"dyref_policy": f"{self.finetune}:{self.family.name}"}
-        return state_to_bytes({n: p.detach() for n, p in self.named_trainable_parameters()}, metadata=meta)
+        if tensors is None:
+            tensors = {n: p.detach() for n, p in self.named_trainable_parameters()}
+        return state_to_bytes(tensors, metadata=meta)
 
     def load_trainable_state(self, data: bytes) -> None:
         """Load bytes from :meth:`trainable_state`. Raises TrainableStateError on any key/shape mismatch

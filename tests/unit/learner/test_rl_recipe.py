@@ -14,6 +14,7 @@ from common.policy.sde import sde_step
 from common.rl import ppo_loss
 from common.schemas import GroupHeader, SamplingParams
 from services.learner.rl_recipe import ConsumedGroup, RLRecipe
+from services.learner.parallel import Parallel
 from services.learner.trainer import Trainer
 from services.learner.tasks import TaskSource, synthetic_cases
 
@@ -42,6 +43,7 @@ def kl_of_step(dyn, kind, sigmas, idx, eta):
     trainer = object.__new__(Trainer)
     trainer.rl = RLConfig(kl={"beta": 0.04, "kind": kind})
     trainer.policy = FakePolicy(v_theta, v_ref, dyn, eta)
+    trainer.parallel = Parallel({})  # one worker: calls go straight through
     sig = torch.tensor(sigmas)
     ro = SimpleNamespace(cond=None, sigmas=sig, params=SamplingParams(dynamics=dyn, noise_level=eta),
                          log_probs=torch.zeros(B, 1), transition=lambda j: (x, x, idx))
