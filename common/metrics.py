@@ -51,6 +51,8 @@ GROUPS_DUPLICATE = Counter("dyref_learner_groups_duplicate", "Redelivered groups
 TASKS_ADMITTED = Counter("dyref_learner_tasks_admitted", "Tasks admitted onto the task stream")
 TASKS_IN_FLIGHT = Gauge("dyref_learner_tasks_in_flight", "Admitted tasks not yet consumed, dropped or dead-lettered")
 GROUP_LAG = Histogram("dyref_learner_group_version_lag", "Policy-version lag of consumed groups", buckets=(0, 1, 2, 3, 5, 8))
+TRAINER_RESTARTS = Counter("dyref_learner_trainer_restarts", "Times the trainer workers were lost and resumed from the last checkpoint")
+TRAINER_WORKER_SECONDS = Histogram("dyref_learner_worker_seconds", "Seconds a trainer worker spent on a call (update: its shard of a step; state: gathering the weights to publish; save/load: its checkpoint shard)", ["worker", "call"], buckets=_LATENCY_BUCKETS)
 AUDIT = Gauge("dyref_audit_tasks", "Accounting audit: tasks by outcome", ["outcome"])
 
 # ---- generator -------------------------------------------------------------------------------

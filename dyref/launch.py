@@ -107,6 +107,7 @@ def run_rl(cfg: DyRefConfig, redis_url: str, source: TaskSource, steps: int | No
             ray.get(workers[-1][0].status.remote(), timeout=300)
         state = recipe.train(until=steps, should_stop=stop_or_fail, on_step=on_step)
     finally:
+        recipe.close()  # trainer workers, when there are several; recipe.policy keeps their last weights
         for actor, _ in workers:
             actor.stop.remote()
         for actor, ref in workers:

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from dyref.options import ProfileOpt
 
 
 @contextmanager
-def _service(profile: Optional[str], ray: bool):
+def _service(profile: Optional[str], ray: bool | Callable[[object], bool]):
     """One service's process: its config, Redis (embedded when none answers) and Ray (joined, or
     local), torn down on exit. SIGTERM/SIGINT set the returned stop flag: the service's loop ends
     between units of work, then :func:`dyref.local.local_stack` ends whatever this process started
@@ -33,6 +33,8 @@ def _service(profile: Optional[str], ray: bool):
     from dyref.local import local_stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_profile(profile)
+    if callable(ray):  # whether this service needs Ray depends on its config
+        ray = ray(cfg)
     if cfg.metrics_port:
         serve_metrics(cfg.metrics_port, addr=cfg.metrics_host)
     stop = StopFlag()
@@ -91,12 +93,16 @@ def register(app: typer.Typer) -> None:
         """Run the RL learner against the shared Redis (generators and rewards run elsewhere)."""
         from dyref.train_commands import task_source_for
         from services.learner.rl_recipe import RLRecipe
-        with _service(profile, ray=False) as (cfg, url, stop):
+        # trainer workers beyond the first are Ray Train workers: the learner then joins Ray
+        with _service(profile, ray=lambda cfg: cfg.rl.learner.workers > 1) as (cfg, url, stop):
             recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
-            state = recipe.train(until=steps, should_stop=stop,
-                                 on_step=lambda s: logging.getLogger("dyref.learner").info(
-                                     "step %d v%d %s", s["step"], s["version"],
-                                     {k: round(v, 4) for k, v in s.items() if k.startswith("reward/") and k.endswith("/mean")}))
+            try:
+                state = recipe.train(until=steps, should_stop=stop,
+                                     on_step=lambda s: logging.getLogger("dyref.learner").info(
+                                         "step %d v%d %s", s["step"], s["version"],
+                                         {k: round(v, 4) for k, v in s.items() if k.startswith("reward/") and k.endswith("/mean")}))
+            finally:
+                recipe.close()
             console.print_json(json.dumps({"step": state.step, "version": state.version, "audit": recipe.audit()}))
 
     @app.command()

@@ -198,6 +198,8 @@ class Loop:
 
     def stop(self) -> list[dict]:
         import ray
+        if self.recipe is not None:
+            self.recipe.close()
         statuses = []
         for a, _ in self.gens:
             with contextlib.suppress(Exception):

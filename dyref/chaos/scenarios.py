@@ -183,6 +183,39 @@ def learner_kill(workdir: Path, redis_url: str) -> Outcome:
                    rolled_back_groups=rolled)
 
 
+def trainer_worker_kill(workdir: Path, redis_url: str) -> Outcome:
+    """Two Ray Train trainer workers (DDP); one SIGKILLed between checkpoints. Ray Train restarts the
+    group, the learner resumes it from the last checkpoint and rolls back the steps after it."""
+    t0 = time.monotonic()
+    cfg = chaos_cfg(redis_url, workdir, rl={"checkpoint_every": 2,
+                                            "learner": {"workers": 2, "cpus_per_worker": 0.5, "start_timeout_s": 240}})
+    restarts0 = counter_value(M.TRAINER_RESTARTS)
+    loop = Loop(cfg, redis_url, generators=1)
+    pids = loop.recipe.trainer.worker_pids()
+    killed: dict[str, int] = {}
+
+    def kill_after_step_3() -> None:  # checkpoint at step 2, step 3 after it: step 3 is rolled back
+        if wait_until(lambda: loop.recipe.state.step >= 3, 240, 0.01):
+            killed["step"] = loop.recipe.state.step
+            kill_pid(pids[-1])
+
+    killer = threading.Thread(target=kill_after_step_3, daemon=True)
+    killer.start()
+    loop.train(6, timeout_s=420)
+    killer.join(5)
+    restarts = counter_value(M.TRAINER_RESTARTS) - restarts0
+    rolled = loop.recipe.rolled_back
+    audit_rolled = int(loop.recipe.audit().get("rolled_back", 0))
+    steps = loop.recipe.state.step
+    return _finish("trainer-worker-kill", loop, cfg, t0,
+                   f"kill -9 trainer worker pid {pids[-1]} (of {len(pids)}) at step {killed.get('step')}; "
+                   f"{restarts:g} restart(s); {rolled} group(s) of the steps after the checkpoint rolled back; "
+                   f"reached step {steps}",
+                   extra_ok=len(pids) == 2 and "step" in killed and restarts >= 1 and rolled == audit_rolled
+                   and rolled >= cfg.rl.groups_per_step and steps == 6,
+                   steps=steps, trainer_restarts=restarts, rolled_back_groups=rolled)
+
+
 def redis_restart_persistent(workdir: Path, _redis_url: str) -> Outcome:
     t0 = time.monotonic()
     with own_redis(workdir, appendonly=True, fsync_always=True) as server:
@@ -388,6 +421,7 @@ SCENARIOS: dict[str, tuple[Callable[[Path, str], Outcome], bool, str]] = {
     "generator-kill-twice": (generator_kill_twice, False, "kill -9 the only generator, twice"),
     "reward-replica-kill-twice": (reward_replica_kill_twice, False, "kill -9 the only reward replica, twice"),
     "learner-kill": (learner_kill, True, "kill -9 the learner process; resume from checkpoint"),
+    "trainer-worker-kill": (trainer_worker_kill, True, "kill -9 one of two Ray Train trainer workers; resume from checkpoint"),
     "redis-restart-aof": (redis_restart_persistent, True, "kill -9 Redis with AOF fsync always; restart"),
     "redis-restart-volatile": (redis_restart_volatile, True, "restart Redis without persistence"),
     "redis-maxmemory": (redis_maxmemory, True, "Redis at maxmemory (noeviction) for a while"),

@@ -34,6 +34,7 @@ from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.tasks import TaskSource
 from services.learner.trainer import Trainer, TrainGroup
+from services.learner.workers import TrainerGroup, TrainerLost
 
 __all__ = ["RLRecipe", "ConsumedGroup"]
 
@@ -62,7 +63,11 @@ class RLRecipe:
         return self.trainer.policy
 
     def setup(self) -> "RLRecipe":
-        self.trainer = Trainer(self.cfg.policy, self.rl)
+        self.ckpt_dir = Path(self.rl.checkpoint_dir)
+        if self.rl.learner.workers > 1:  # Ray Train workers (services/learner/workers.py)
+            self.trainer = TrainerGroup(self.cfg.policy, self.rl, storage=self.ckpt_dir / "ray-train")
+        else:
+            self.trainer = Trainer(self.cfg.policy, self.rl)
         self.r = connect(self.redis_url, self.cfg.redis, service="learner")
         for reason in ("stale", "corrupt", "unscorable"):
             M.GROUPS_DROPPED.labels(reason)  # exported as 0 until the first drop
@@ -73,11 +78,10 @@ class RLRecipe:
         self.groups.ensure_group()
         self.weights = WeightStore(self.r, self.keys, keep=self.cfg.redis.weights_keep,
                                    chunk_bytes=self.cfg.redis.weights_chunk_mb * 2**20)
-        self.ckpt_dir = Path(self.rl.checkpoint_dir)
         self.state = LearnerState(run_id=uuid.uuid4().hex[:8])
         ckpt = load_latest(self.ckpt_dir)
         if ckpt is not None:
-            self.trainer.restore(ckpt.trainable, ckpt.optimizer, ckpt.ema)
+            self._restore(ckpt)
             self.state = ckpt.state
             log.info("resumed from %s at step %d, version %d", ckpt.path, self.state.step, self.state.version)
         # the ledger (audit hash) names the run id its task ids carry. This learner's run is the one
@@ -107,18 +111,66 @@ class RLRecipe:
         self.r.hsetnx(self.keys.audit, "run_id", self.state.run_id)
         self._admitted_floor = 0  # tasks this learner has seen admitted: the ledger never goes below it
         self._admission_paused = False
-        latest = self.weights.latest()
-        if latest is None or latest.version != self.state.version:
-            # never reuse a version number: a newer one may already be served with other weights
-            if latest is not None and latest.version > self.state.version:
-                self.state.version = latest.version + 1
-            self.publish(bump=False)
+        self._publish_resumed()
         self.sampling = SamplingParams.from_config(self.cfg.policy)
         # steps a dead learner took after its last checkpoint were lost with its model: so are their groups
         self.rolled_back = self._roll_back_unsaved_steps(new_ledger=ledger is None)
         # entries this learner had read but not settled before a restart: take them back now
         self._recovered, _ = self.groups.reclaim(self.learner_id, min_idle_ms=0)
         return self
+
+    def _restore(self, ckpt) -> None:
+        if ckpt.trainer_dir is not None:
+            self.trainer.load(ckpt.trainer_dir)
+        elif isinstance(self.trainer, Trainer):  # the one-file layout of earlier versions
+            self.trainer.restore(ckpt.trainable, ckpt.optimizer, ckpt.ema)
+        else:
+            raise RuntimeError(f"checkpoint {ckpt.path} has the one-file layout of an earlier version, which only "
+                               "one trainer worker reads: resume it with rl.learner.workers=1 (its next checkpoint "
+                               "can then be resumed on any count)")
+
+    def _publish_resumed(self) -> None:
+        """Publish the weights this learner resumed with, under a version never used before."""
+        latest = self.weights.latest()
+        if latest is None or latest.version != self.state.version:
+            # never reuse a version number: a newer one may already be served with other weights
+            if latest is not None and latest.version > self.state.version:
+                self.state.version = latest.version + 1
+            self.publish(bump=False)
+
+    def _resume_trainer(self, why: str) -> None:
+        """The trainer workers were lost mid-run (a worker died; Ray Train restarted the group): the
+        new group takes the last checkpoint, and the control plane goes back to that checkpoint as a
+        restarted learner does (setup): the steps after it are rolled back, the batch in hand is
+        taken back from the stream, nothing is lost or counted twice. A group lost again while it
+        resumes is resumed again; one Ray Train gave up on raises TrainerGone."""
+        while True:
+            M.TRAINER_RESTARTS.inc()
+            log.warning("trainer workers lost at step %d: %s", self.state.step, why.strip().splitlines()[-1][:300])
+            try:
+                self.trainer.wait_ready()
+                ckpt = load_latest(self.ckpt_dir)
+                if ckpt is not None:
+                    self._restore(ckpt)
+                break
+            except TrainerGone:
+                raise
+            except TrainerLost as e:
+                why = str(e)
+        run_id, version = self.state.run_id, self.state.version
+        self.state = ckpt.state if ckpt is not None else LearnerState()  # none yet: the starting weights
+        # the resumed weights are new to the generators: a version never published before
+        self.state.run_id, self.state.version = run_id, max(self.state.version, version) + 1
+        log.warning("trainer workers resumed from %s; the learner is back at step %d",
+                    ckpt.path if ckpt else "the starting weights", self.state.step)
+        self.rolled_back += self._roll_back_unsaved_steps(new_ledger=False)
+        self._recovered, _ = self.groups.reclaim(self.learner_id, min_idle_ms=0)
+        self.publish(bump=False)  # a loss here is caught by the loop and resumed again
+
+    def close(self) -> None:
+        """Stop the trainer workers (a one-process trainer has none); :attr:`policy` keeps the last weights."""
+        if isinstance(self.trainer, TrainerGroup):
+            self.trainer.close()
 
     def _roll_back_unsaved_steps(self, new_ledger: bool) -> int:
         """Groups consumed by steps after the checkpoint this learner resumed from (the learner that
@@ -150,7 +202,7 @@ class RLRecipe:
         pipe.execute()
         if settled:
             log.warning("rolled back %d group(s) of step(s) %s, taken after the last checkpoint (step %d) by a "
-                        "learner that died: their tasks are admitted again", len(settled), lost, self.state.step)
+                        "learner or trainer workers that died: their tasks are admitted again", len(settled), lost, self.state.step)
         return len(settled)
 
     # ---- accounting ----------------------------------------------------------------------------
@@ -322,8 +374,14 @@ class RLRecipe:
             gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
             flat = advantages.flatten()
             advantages = flat[torch.randperm(flat.numel(), generator=gen)].view_as(advantages)
+        t0 = time.perf_counter()
         out = self.trainer.update([TrainGroup(g.rollout, advantages[b], sig.dar_weights[b]) for b, g in enumerate(batch)],
                                   step=self.state.step)
+        if isinstance(self.trainer, Trainer):  # the workers of a TrainerGroup report their own seconds
+            M.TRAINER_WORKER_SECONDS.labels("0", "update").observe(time.perf_counter() - t0)
+            out["time/worker_update_s"] = time.perf_counter() - t0
+        else:
+            out["time/worker_update_s"] = max(self.trainer.last_seconds)
         out.update(self._reward_stats(batch, sig))
         out.update({f"signals/{k}": v for k, v in sig.diagnostics.items()})
         out["signals/dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))
@@ -380,7 +438,7 @@ class RLRecipe:
         return self.state.version
 
     def save_checkpoint(self) -> Path:
-        path = save_checkpoint(self.ckpt_dir, self.state, *self.trainer.checkpoint_state())
+        path = save_checkpoint(self.ckpt_dir, self.state, write_trainer=self.trainer.save)
         # the checkpoint holds these steps now: their groups can no longer be rolled back
         done = [k for k in self.r.hkeys(self.keys.step_groups) if int(k) <= self.state.step]
         if done:
@@ -388,6 +446,53 @@ class RLRecipe:
         return path
 
     # ---- the loop ------------------------------------------------------------------------------
+    def _step(self, should_stop: Callable[[], bool], on_step: Callable[[dict], None] | None) -> bool:
+        """One learner step: consume, signals, update, settle, publish, checkpoint. False: stopping
+        with a partial batch (left pending for the next run)."""
+        t0 = time.perf_counter()
+        batch = self.consume(self.rl.groups_per_step, should_stop)
+        if len(batch) < self.rl.groups_per_step:
+            return False  # stopping (or timed out) with a partial batch: leave it pending for the next run
+        t1 = time.perf_counter()
+        batch, sig = self.signals(batch)  # dead-letters (and counts) the groups it cannot score
+        unscorable = self.rl.groups_per_step - len(batch)
+        if not batch:
+            return True  # nothing left to train on: consume a fresh batch
+        stats = self.update(batch, sig)
+        t2 = time.perf_counter()
+        # which groups this step trains on, before they are settled: if the learner dies before
+        # a checkpoint holds the step, the resumed learner rolls them back (setup)
+        # (at maxmemory HSET is refused like every write: back off as the acks do, not crash)
+        step_groups = json.dumps([{"group_id": g.header.group_id, "task_id": g.header.task_id} for g in batch])
+        retry_on_oom(lambda: self.r.hset(self.keys.step_groups, str(self.state.step + 1), step_groups),
+                     what="learner step_groups", max_wait_s=self.groups.oom_wait_s)
+        for g in batch:
+            self._settle(g.entry, "consumed", g.header.group_id)
+            M.GROUPS_CONSUMED.inc()
+            M.GROUP_LAG.observe(g.lag)
+        self.state.step += 1
+        M.LEARNER_STEP.set(self.state.step)
+        self.tasks.export_metrics()
+        self.groups.export_metrics()
+        if self.state.step % self.rl.publish_every == 0:
+            self.publish()
+        M.PHASE_SECONDS.labels("learner", "consume").observe(t1 - t0)
+        M.PHASE_SECONDS.labels("learner", "update").observe(t2 - t1)
+        if self.state.drs_tau is not None:
+            stats["signals/drs_tau"] = self.state.drs_tau
+        stats.update({"step": self.state.step, "version": self.state.version, "time/consume_s": t1 - t0,
+                      "time/update_s": t2 - t1, "data/images": len(batch) * self.rl.group_size,
+                      "data/groups_unscorable": unscorable})
+        # the record goes in before the checkpoint: a checkpoint of step k holds k's record
+        # (written after it, a kill before the next checkpoint lost k's record at resume)
+        self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
+        del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
+        if self.state.step % self.rl.checkpoint_every == 0:
+            self.save_checkpoint()
+        if on_step:
+            on_step(stats)
+        return True
+
     def train(self, steps: int | None = None, should_stop: Callable[[], bool] = lambda: False,
               on_step: Callable[[dict], None] | None = None, *, until: int | None = None) -> LearnerState:
         """Train until the learner reaches step `until` (the target total step, as ``max_steps``: a run
@@ -405,48 +510,16 @@ class RLRecipe:
             log.info("resuming at step %d; training to step %d", self.state.step, total)
         try:
             while self.state.step < total and not should_stop():
-                t0 = time.perf_counter()
-                batch = self.consume(self.rl.groups_per_step, should_stop)
-                if len(batch) < self.rl.groups_per_step:
-                    break  # stopping (or timed out) with a partial batch: leave it pending for the next run
-                t1 = time.perf_counter()
-                batch, sig = self.signals(batch)  # dead-letters (and counts) the groups it cannot score
-                unscorable = self.rl.groups_per_step - len(batch)
-                if not batch:
-                    continue  # nothing left to train on: consume a fresh batch
-                stats = self.update(batch, sig)
-                t2 = time.perf_counter()
-                # which groups this step trains on, before they are settled: if the learner dies before
-                # a checkpoint holds the step, the resumed learner rolls them back (setup)
-                # (at maxmemory HSET is refused like every write: back off as the acks do, not crash)
-                step_groups = json.dumps([{"group_id": g.header.group_id, "task_id": g.header.task_id} for g in batch])
-                retry_on_oom(lambda: self.r.hset(self.keys.step_groups, str(self.state.step + 1), step_groups),
-                             what="learner step_groups", max_wait_s=self.groups.oom_wait_s)
-                for g in batch:
-                    self._settle(g.entry, "consumed", g.header.group_id)
-                    M.GROUPS_CONSUMED.inc()
-                    M.GROUP_LAG.observe(g.lag)
-                self.state.step += 1
-                M.LEARNER_STEP.set(self.state.step)
-                self.tasks.export_metrics()
-                self.groups.export_metrics()
-                if self.state.step % self.rl.publish_every == 0:
-                    self.publish()
-                M.PHASE_SECONDS.labels("learner", "consume").observe(t1 - t0)
-                M.PHASE_SECONDS.labels("learner", "update").observe(t2 - t1)
-                if self.state.drs_tau is not None:
-                    stats["signals/drs_tau"] = self.state.drs_tau
-                stats.update({"step": self.state.step, "version": self.state.version, "time/consume_s": t1 - t0,
-                              "time/update_s": t2 - t1, "data/images": len(batch) * self.rl.group_size,
-                              "data/groups_unscorable": unscorable})
-                # the record goes in before the checkpoint: a checkpoint of step k holds k's record
-                # (written after it, a kill before the next checkpoint lost k's record at resume)
-                self.state.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()})
-                del self.state.history[:-HISTORY_KEEP]  # bounded: it is written into every checkpoint
-                if self.state.step % self.rl.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if on_step:
-                    on_step(stats)
-        finally:
-            self.save_checkpoint()
+                try:
+                    if not self._step(should_stop, on_step):
+                        break
+                except TrainerLost as e:  # a trainer worker died: back to the last checkpoint
+                    self._resume_trainer(str(e))  # raises when Ray Train gave the group up
+        except BaseException:
+            try:
+                self.save_checkpoint()
+            except TrainerLost as e:  # the error being raised says why; the last checkpoint stands
+                log.error("no final checkpoint: the trainer workers are gone (%s)", str(e).strip().splitlines()[-1][:300])
+            raise
+        self.save_checkpoint()
         return self.state
