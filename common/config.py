@@ -210,6 +210,16 @@ class LearnerWorkersConfig(_Section):
     max_failures: int = Field(3, ge=0, description="Times Ray Train restarts the worker group after a worker dies; the control plane then resumes it from the last checkpoint.")
     start_timeout_s: float = Field(300.0, gt=0, description="How long the workers may take to be placed and build the policy before the learner fails at start-up.")
 
+    @model_validator(mode="after")
+    def _fsdp2_settings_need_fsdp2(self) -> "LearnerWorkersConfig":
+        # DDP keeps the model as built: a bf16 gather or FSDP2's activation checkpointing would be ignored
+        if self.strategy != "fsdp2":
+            bad = [(f, v) for f, v in (("param_dtype", self.param_dtype != "fp32"),
+                                      ("activation_checkpointing", self.activation_checkpointing)) if v]
+            if bad:
+                raise FieldError(*[(f, f"is an fsdp2 setting; strategy is {self.strategy!r}") for f, _ in bad])
+        return self
+
 
 class RLConfig(_Section):
     advantage: Literal["grpo", "gdpo"] = Field("gdpo", description="Group advantage estimator.")
@@ -381,6 +391,26 @@ class DyRefConfig(BaseSettings):
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward scorers.")
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="HTTP gateway.")
     bench: BenchConfig = Field(default_factory=BenchConfig, description="OmniRef-Bench evaluation.")
+
+    @model_validator(mode="after")
+    def _trainer_workers_fit_the_policy(self) -> "DyRefConfig":
+        """Trainer workers' devices and the policy's agree (NCCL needs CUDA tensors, gloo CPU ones),
+        and the model is not checkpointed twice; checked here since it needs two sections."""
+        lc, problems = self.rl.learner, []
+        if lc.workers > 1:
+            on_gpu = self.policy.device.startswith("cuda")
+            if on_gpu and lc.gpus_per_worker <= 0:
+                problems.append(("rl.learner.gpus_per_worker", f"policy.device is {self.policy.device!r} but the trainer "
+                                 "workers reserve no GPU: give each one (e.g. 1)"))
+            if not on_gpu and lc.gpus_per_worker > 0:
+                problems.append(("rl.learner.gpus_per_worker", f"the trainer workers reserve GPUs but policy.device is "
+                                 f"{self.policy.device!r}: set policy.device to cuda, or gpus_per_worker to 0"))
+        if lc.activation_checkpointing and self.policy.gradient_checkpointing:
+            problems.append(("rl.learner.activation_checkpointing", "policy.gradient_checkpointing already recomputes "
+                             "the transformer's activations: enable one of the two"))
+        if problems:
+            raise FieldError(*problems)
+        return self
 
     @model_validator(mode="after")
     def _drs_slope_positive_for_every_reference_count(self) -> "DyRefConfig":

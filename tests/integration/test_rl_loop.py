@@ -56,8 +56,11 @@ def _group_task_ids(queue) -> set[str]:
             for _, f in queue.r.xrange(queue.stream)}
 
 
-def test_reward_rises_versions_flow_and_groups_count_once(ray_cluster, redis_server, tmp_path):
-    cfg = tiny_rl_cfg(redis_server, tmp_path, total_steps=40)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reward_rises_versions_flow_and_groups_count_once(workers, ray_cluster, redis_server, tmp_path):
+    # workers=2: the trainer as two Ray Train DDP workers (gloo), each group trained whole on one
+    cfg = tiny_rl_cfg(redis_server, tmp_path, total_steps=40,
+                      learner={"workers": workers, "cpus_per_worker": 0.5})
     recipe, state, statuses = run_rl(cfg, cfg.redis.url, source(), generators=1)
     rewards = [h["reward/colour/mean"] for h in state.history]
     first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-5:])

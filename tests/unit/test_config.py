@@ -156,3 +156,21 @@ def test_prop_drs_config_accepted_iff_every_allowed_count_has_a_positive_slope(k
     else:
         with pytest.raises(ConfigError, match=r"rl\.drs\.k[01]: "):
             load_config("cpu-tiny", over)
+
+
+@pytest.mark.parametrize("rl, policy, field", [
+    # a GRPO group is trained whole on one worker: more workers than groups per step idle
+    ({"groups_per_step": 2, "learner": {"workers": 3}}, {}, r"rl\.learner\.workers: 3 trainer workers but a step has only 2"),
+    # FSDP2's own settings under DDP would be silently ignored
+    ({"learner": {"strategy": "ddp", "param_dtype": "bf16"}}, {}, r"rl\.learner\.param_dtype: is an fsdp2 setting"),
+    ({"learner": {"activation_checkpointing": True}}, {}, r"rl\.learner\.activation_checkpointing: is an fsdp2 setting"),
+    # NCCL needs CUDA tensors, gloo CPU ones
+    ({"learner": {"workers": 2, "gpus_per_worker": 1}}, {}, r"rl\.learner\.gpus_per_worker: the trainer workers reserve GPUs"),
+    ({"learner": {"workers": 2}}, {"device": "cuda"}, r"rl\.learner\.gpus_per_worker: policy\.device is 'cuda'"),
+    ({"learner": {"strategy": "fsdp2", "activation_checkpointing": True}}, {"gradient_checkpointing": True},
+     r"rl\.learner\.activation_checkpointing: policy\.gradient_checkpointing already"),
+])
+def test_trainer_worker_settings_the_model_cannot_use_are_refused_naming_the_field(rl, policy, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config("cpu-tiny", {"rl": rl, "policy": policy})
+    load_config("cpu-tiny")  # the defaults are one worker, which always fits
