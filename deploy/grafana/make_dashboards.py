@@ -29,6 +29,10 @@ def _mean(hist: str, by: str = "") -> str:
     return f"{_rate(hist + '_sum', by)} / {_rate(hist + '_count', by)}"
 
 
+def _mean_where(hist: str, sel: str) -> str:
+    return f"sum(rate({hist}_sum{sel}[{RI}])) / sum(rate({hist}_count{sel}[{RI}]))"
+
+
 class _Board:
     def __init__(self, uid: str, title: str, description: str, tags: list[str]):
         self.uid, self.title, self.description, self.tags = uid, title, description, tags
@@ -157,6 +161,17 @@ def training() -> dict:
     b.row("Time per phase")
     b.ts("Seconds per phase", [(_mean("dyref_phase_seconds", "service, phase"), "{{service}} {{phase}}")], unit="s", w=12)
     b.ts("Phase p95", [(_quantile(0.95, "dyref_phase_seconds", "service, phase"), "{{service}} {{phase}}")], unit="s", w=12)
+
+    b.row("Trainer workers")
+    b.ts("Seconds per call, by trainer worker", [(_mean("dyref_learner_worker_seconds", "worker, call"), "worker {{worker}} {{call}}")],
+         unit="s", w=12, description="update: a worker's shard of one learner step (uneven workers wait for the slowest); "
+                                     "state: gathering the weights to publish (the learner-side part of a weight sync); "
+                                     "save/load: its checkpoint shard (docs/architecture.md, The learner).")
+    b.ts("Trainer restarts and weight sync", [(_rate("dyref_learner_trainer_restarts_total"), "trainer group restarts"),
+                                              (_mean_where("dyref_phase_seconds", '{service="learner", phase="publish"}'), "publish s"),
+                                              (_quantile(0.95, "dyref_weight_sync_seconds"), "sync p95 s")],
+         unit="none", w=12, description="A restart means a trainer worker died and the group resumed from the last "
+                                        "checkpoint; publish is the learner's part of a sync, sync the consumers' publish-to-loaded.")
 
     b.row("Queues")
     b.ts("Stream depth", [("max by (stream) (dyref_queue_depth)", "{{stream}}")])

@@ -186,3 +186,36 @@ class Parallel:
             t = t.cuda()
         dist.all_reduce(t)
         return t.cpu().tolist()
+
+    def time_collectives(self, numel: int, repeats: int = 5) -> dict[str, float]:
+        """Median seconds of one all-reduce and of one all-gather of ``numel`` fp32 values among the
+        workers (0 for one worker): what a step costs in communication per gradient sync (DDP:
+        one all-reduce of the trainable gradients per minibatch; FSDP2: an all-gather of the
+        parameters per forward and per backward, and a reduce-scatter of the gradients)."""
+        if self.world == 1:
+            return {"all_reduce_s": 0.0, "all_gather_s": 0.0}
+        import statistics
+        import time
+
+        import torch.distributed as dist
+        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        x = torch.ones(numel, device=dev)
+        out = torch.empty(numel * self.world, device=dev)
+        shard = torch.ones(-(-numel // self.world), device=dev)
+        out_g = torch.empty(shard.numel() * self.world, device=dev)
+        times = {"all_reduce_s": [], "all_gather_s": []}
+        for _ in range(repeats + 1):  # the first of each is a warm-up
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(x)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            times["all_reduce_s"].append(time.perf_counter() - t0)
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_gather_into_tensor(out_g, shard)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            times["all_gather_s"].append(time.perf_counter() - t0)
+        del out
+        return {k: statistics.median(v[1:]) for k, v in times.items()}

@@ -132,6 +132,12 @@ class Trainer:
         torch.nn.utils.clip_grads_with_norm_(params, self.rl.max_grad_norm, total)
         return float(total)
 
+    def measure_communication(self, repeats: int = 5) -> dict[str, float]:
+        """The trainable parameters' size and the seconds of one collective over them among the
+        workers (scripts/bench_learner_workers.py states a step's communication with it)."""
+        numel = sum(int(p.numel()) for p in self.policy.trainable_parameters())  # global sizes, sharded or not
+        return {"trainable_bytes": 4.0 * numel, **self.parallel.time_collectives(numel, repeats)}
+
     # ---- what publishing and checkpoints read and restore -----------------------------------------
     def trainable_state(self) -> bytes:
         """The trainable weights as the weight store publishes them (safetensors bytes). Under FSDP2

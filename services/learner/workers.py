@@ -27,6 +27,7 @@ import torch
 
 from common import metrics as M
 from common.config import PolicyConfig, RLConfig
+from common.placement import role_resources
 
 __all__ = ["TrainerGroup", "TrainerLost", "TrainerGone", "PlacementError", "check_placement"]
 
@@ -167,6 +168,8 @@ def _serve_control_plane(config: dict) -> None:
             elif op == "state":
                 state = trainer.trainable_state()  # every worker gathers under FSDP2; rank 0 ships it
                 value = state if rank == 0 else None
+            elif op == "communication":
+                value = trainer.measure_communication(arg)
             elif op == "save":
                 trainer.save(arg)
                 value = None
@@ -203,7 +206,9 @@ class TrainerGroup:
         self.last_seconds: list[float] = []
         self._fit_error: BaseException | None = None
         use_gpu = lc.gpus_per_worker > 0
-        resources = {"CPU": lc.cpus_per_worker}
+        # on compose and the chart, the learner's own container is the "trainer" node: the workers
+        # write their checkpoint shards beside the control plane's (common/placement.py)
+        resources = {"CPU": lc.cpus_per_worker, **role_resources("trainer")}
         if use_gpu:
             resources["GPU"] = lc.gpus_per_worker
         self._trainer = TorchTrainer(
@@ -285,6 +290,9 @@ class TrainerGroup:
 
     def trainable_state(self) -> bytes:
         return self._call("state", [None] * self.world)[0]
+
+    def measure_communication(self, repeats: int = 5) -> dict[str, float]:
+        return self._call("communication", [repeats] * self.world)[0]
 
     def save(self, path: str | Path) -> None:
         self._call("save", [str(Path(path).resolve())] * self.world)

@@ -41,12 +41,12 @@ def _run(args: list[str], path: Path = COMPOSE, env: dict | None = None) -> subp
                           capture_output=True, text=True, timeout=60, env=e)
 
 
-def _resolved(profile: str) -> dict:
+def _resolved(profile: str, env: dict | None = None) -> dict:
     if BIN[1]:
-        out = _run(["--profile", profile, "config", "--format", "json"])
+        out = _run(["--profile", profile, "config", "--format", "json"], env=env)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
-    out = _run(["--profile", profile, "config"])
+    out = _run(["--profile", profile, "config"], env=env)
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
 
@@ -165,3 +165,20 @@ def test_service_commands_exist_in_the_cli():
     assert wanted == DYREF_SERVICES
     missing = sorted(w for w in wanted if w not in cli.commands)
     assert not missing, f"the CLI lacks {missing}: compose and the Helm chart run `dyref <command> --config <profile>`"
+
+
+@needs_compose
+@pytest.mark.parametrize("profile, device", [("cpu", "CPUS"), ("gpu", "GPUS")])
+def test_the_learner_is_the_node_its_trainer_workers_run_on(profile, device):
+    # DYREF_LEARNER_WORKERS > 1: Ray Train workers need a Ray node with the learner's checkpoint
+    # volume; the learner's container is that node (custom resource "trainer", common/placement.py)
+    env = {"DYREF_LEARNER_WORKERS": "2", "DYREF_LEARNER_STRATEGY": "fsdp2", f"DYREF_LEARNER_{device}": "2"}
+    s = _resolved(profile, env)["services"]["learner" + ("" if profile == "cpu" else "-gpu")]
+    assert s["command"][:3] == ["ray-node", "dyref", "learner"]
+    env = s["environment"]
+    assert json.loads(env["RAY_RESOURCES"]) == {"trainer": 1}
+    assert env["DYREF_RL__LEARNER__WORKERS"] == "2" and env["DYREF_RL__LEARNER__STRATEGY"] == "fsdp2"
+    assert env[f"RAY_NUM_{device}"] == "2"
+    assert s["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    if profile == "gpu":
+        assert int(s["deploy"]["resources"]["reservations"]["devices"][0]["count"]) == 2

@@ -261,3 +261,22 @@ def test_notes_and_readme_exist():
     readme = (CHART / "README.md").read_text()
     for step in ("kuberay-operator", "helm install", "helm upgrade", "/generate", "values-gpu.yaml"):
         assert step in readme, step
+
+
+def test_learner_with_trainer_workers_is_a_ray_node_sized_for_them():
+    one = by_kind(render({}), "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert one["args"][:2] == ["dyref", "learner"]  # one worker: Redis only, no Ray
+    docs = render({"learner": {"workers": 4, "strategy": "fsdp2", "gpus": 4, "gpusPerWorker": 1, "cpusPerWorker": 2}})
+    c = by_kind(docs, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:3] == ["ray-node", "dyref", "learner"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DYREF_RL__LEARNER__WORKERS"] == "4" and env["DYREF_RL__LEARNER__STRATEGY"] == "fsdp2"
+    assert json.loads(env["RAY_RESOURCES"]) == {"trainer": 1}
+    assert env["RAY_NUM_CPUS"] == "8" and env["RAY_NUM_GPUS"] == "4"
+    assert env["RAY_HEAD_ADDRESS"].endswith("-head-svc.ml.svc:6379")
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+    # the chart refuses workers that cannot have their GPUs, and a strategy it does not know
+    with pytest.raises(Exception, match=r"learner\.workers=4 x learner\.gpusPerWorker=1 needs 4 GPUs, but learner\.gpus=2"):
+        render({"learner": {"workers": 4, "gpus": 2, "gpusPerWorker": 1}})
+    with pytest.raises(Exception, match="strategy"):
+        render({"learner": {"strategy": "zero3"}})
