@@ -64,6 +64,7 @@ class RedisConfig(_Section):
     dedup_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a consumed group id is remembered for de-duplication.")
     weights_keep: int = Field(3, ge=1, description="Weight versions kept in the weight store (older ones are deleted).")
     weights_poll_s: float = Field(1.0, gt=0, le=60, description="A weight consumer switches on the store's pub/sub notice; it also checks the store this often, for a notice missed (Redis restarted, publisher died before PUBLISH).")
+    weights_probe_tolerance: float = Field(1e-3, gt=0, description="A consumer serves a loaded weight version only when its output on a fixed probe input matches the publisher's within this (relative to the output's scale); a load that binds nothing is then refused (reason probe). Raise it when publisher and consumers compute in different dtypes (bf16 generators of an fp32 learner).")
     weights_chunk_mb: int = Field(64, ge=1, le=511, description="Weight versions are split into keys of this size (one Redis value is capped at 512 MB).")
     max_payload_mb: int = Field(1024, ge=1, description="Largest blob the codec accepts; bigger payloads are refused before decoding.")
 

@@ -121,6 +121,7 @@ class WeightVersion(_Wire):
     step: int = Field(0, ge=0)
     chunks: int = Field(1, ge=1, description="The bytes are split over this many keys (Redis caps one value at 512 MB).")
     created_at: float = Field(default_factory=time.time)
+    probe: list[float] | None = Field(None, description="The publisher's MRIGPolicy.probe() under these weights: a consumer recomputes it after loading, so a load that binds nothing fails loudly.")
 
 
 class ScoreRequest(_Wire):

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 # dyref_weight_load_failures{reason}: checksum, shape and invalid refuse the version for good;
 # missing (expired from the store before we fetched it) is only counted, the next check retries
-REASONS = ("checksum", "shape", "invalid", "missing")
+REASONS = ("checksum", "shape", "invalid", "missing", "probe")
 
 
 class WeightSyncError(RuntimeError):
@@ -54,18 +54,26 @@ class WeightFollower:
     `wanted(version)`, when given, says which versions to switch to at all: one it declines is
     neither fetched nor refused, and a later check asks again (the evaluator wants every K-th).
 
+    `probe()`, when given, recomputes ``MRIGPolicy.probe`` after a load; a version whose publisher
+    recorded a probe is served only when the two agree within ``probe_tolerance`` (relative to the
+    probe's scale). Otherwise the load bound nothing (or not what was trained): the version is
+    refused (reason ``probe``) and the one before stays the version served, so the groups sampled
+    meanwhile carry the version their weights really are.
+
     Thread-safe (one lock), but `wait_for` holds the lock while it waits: a consumer that waits
     and serves from different threads should not share one follower.
     """
 
     def __init__(self, store: WeightStore, load: Callable[[bytes], None], consumer: str, service: str,
                  poll_interval_s: float = 1.0, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
-                 confirm_timeout_s: float = 2.0, wanted: Callable[[int], bool] | None = None):
+                 confirm_timeout_s: float = 2.0, wanted: Callable[[int], bool] | None = None,
+                 probe: Callable[[], list[float]] | None = None, probe_tolerance: float = 1e-3):
         if poll_interval_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
             raise ValueError("need poll_interval_s > 0 and 0 < backoff_s <= max_backoff_s")
         self.store, self.load, self.consumer, self.service = store, load, consumer, service
         self.poll_interval_s, self.backoff_s, self.max_backoff_s = poll_interval_s, backoff_s, max_backoff_s
         self.confirm_timeout_s, self.wanted = confirm_timeout_s, wanted
+        self.probe, self.probe_tolerance = probe, probe_tolerance
         self.served: WeightVersion | None = None   # metadata of the version served
         self.refused: set[int] = set()
         self.failures: dict[str, int] = defaultdict(int)
@@ -161,6 +169,10 @@ class WeightFollower:
             except CodecError as e:
                 self._refuse(latest.version, "invalid", e)
             else:
+                mismatch = self._probe_mismatch(latest)
+                if mismatch:
+                    self._refuse(latest.version, "probe", WeightSyncError(mismatch))
+                    return self.version
                 self.served = latest
                 M.POLICY_VERSION_SERVED.labels(self.consumer).set(latest.version)
                 M.WEIGHT_SYNC_SECONDS.labels(self.consumer).observe(max(0.0, time.time() - latest.created_at))
@@ -251,6 +263,18 @@ class WeightFollower:
         self._news = True  # a notice may be lost meanwhile: check as soon as Redis answers
         log.warning("%s: Redis unreachable (%s: %s); serving version %s, next try in %.1fs",
                     self.consumer, type(e).__name__, e, self.version, self._backoff)
+
+    def _probe_mismatch(self, wv: WeightVersion) -> str | None:
+        """Why the loaded weights do not compute what the publisher's did, or None."""
+        if self.probe is None or wv.probe is None:
+            return None
+        got = self.probe()
+        scale = max(1.0, max(abs(v) for v in wv.probe))
+        worst = max((abs(a - b) for a, b in zip(got, wv.probe)), default=0.0)
+        if len(got) != len(wv.probe) or worst > self.probe_tolerance * scale:
+            return (f"after loading, the fixed probe input gives an output {worst:.3g} away from the publisher's "
+                    f"(tolerance {self.probe_tolerance:g} x {scale:.3g}): the load did not bind the published weights")
+        return None
 
     def _count(self, reason: str) -> None:
         self.failures[reason] += 1

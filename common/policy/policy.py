@@ -53,6 +53,7 @@ def mix_seed(seed: int, *keys: int) -> int:
 
 _INIT, _SDE, _STEPS, _LORA = 1, 2, 3, 4
 TEXT_ENCODER_PREFIX = "text_encoder."
+PROBE_PROMPT = "put the red circle at the top left"
 
 
 def _sampling(params: SamplingParams) -> SamplingParams:
@@ -305,6 +306,17 @@ class MRIGPolicy:
         self._check_size(h, w)
         cond, neg = self.family.encode(prompt, refs, h, w, self.cfg, self.device, negative_prompt=negative_prompt)
         return cond, neg, refs
+
+    @torch.no_grad()
+    def probe(self) -> list[float]:
+        """The velocity on one fixed input (a fixed prompt, no references, seed-0 noise, sigma 0.5),
+        averaged per latent channel: what a weight consumer recomputes after loading a version and
+        compares with the publisher's, so a load that binds nothing fails loudly (docs/architecture.md,
+        principle 4). Depends on every trained weight, the text encoder's included."""
+        cond, _, _ = self.encode(PROBE_PROMPT, None)
+        x = self.family.noise(torch.Generator().manual_seed(0), cond).to(self.device)
+        v = self.velocity(cond, x, torch.tensor(0.5, device=self.device))
+        return v.float().mean(dim=(0, 1)).cpu().tolist()
 
     def velocity(self, cond: Cond, x: torch.Tensor, sigma) -> torch.Tensor:
         """v(x, sigma | cond): x [B,S,C] float32, sigma float/0-d/[B] -> [B,S,C] float32."""

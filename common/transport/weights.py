@@ -37,10 +37,11 @@ class WeightStore:
             raise ValueError("chunk_bytes must be >= 1")
         self.r, self.keys, self.keep, self.oom_wait_s, self.chunk_bytes = r, keys, keep, oom_wait_s, chunk_bytes
 
-    def publish(self, data: bytes, version: int, kind: str = "lora", step: int = 0) -> WeightVersion:
+    def publish(self, data: bytes, version: int, kind: str = "lora", step: int = 0,
+                probe: list[float] | None = None) -> WeightVersion:
         n = max(1, -(-len(data) // self.chunk_bytes))
         wv = WeightVersion(version=version, sha256=hashlib.sha256(data).hexdigest(), key=self.keys.weights(version),
-                           nbytes=len(data), kind=kind, step=step, created_at=time.time(), chunks=n)
+                           nbytes=len(data), kind=kind, step=step, created_at=time.time(), chunks=n, probe=probe)
         meta = wv.model_dump_json()
         view = memoryview(data)
 

@@ -45,7 +45,8 @@ class EvaluatorWorker:
         self.last: int | None = None
         self.evaluated = 0
         self.follower = WeightFollower(self.weights, self.policy.load_trainable_state, consumer="evaluator",
-                                       service="evaluator", poll_interval_s=1.0, wanted=self.due)
+                                       service="evaluator", poll_interval_s=1.0, wanted=self.due,
+                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance)
         for m in METRICS:  # the series exist from start-up (a scrape before the first evaluation sees them)
             M.EVAL_SCORE.labels(m, "all")
 

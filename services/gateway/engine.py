@@ -42,6 +42,7 @@ class GeneratorCore:
         self.batches = 0
         self.store = None
         self.weights_poll_s = 1.0
+        self.probe_tolerance = RedisConfig.model_fields["weights_probe_tolerance"].default
         if redis_url:
             from common.transport import Keys, WeightStore, connect
             rc = redis_cfg or RedisConfig(url=redis_url)
@@ -49,6 +50,7 @@ class GeneratorCore:
             quick = rc.model_copy(update={"url": redis_url, "retries": 1, "socket_timeout_s": min(rc.socket_timeout_s, 2.0)})
             self.store = WeightStore(connect(redis_url, quick), Keys(rc.namespace), keep=rc.weights_keep)
             self.weights_poll_s = rc.weights_poll_s
+            self.probe_tolerance = rc.weights_probe_tolerance
 
     @property
     def ready(self) -> bool:
@@ -78,7 +80,8 @@ class GeneratorCore:
                 policy.eval()
                 if self.store is not None:
                     self.follower = WeightFollower(self.store, policy.load_trainable_state, consumer=self.name,
-                                                   service="gateway", poll_interval_s=self.weights_poll_s)
+                                                   service="gateway", poll_interval_s=self.weights_poll_s,
+                                                   probe=policy.probe, probe_tolerance=self.probe_tolerance)
                 self.policy = policy
                 self.sync_weights(force=True)
         except Exception as e:  # noqa: BLE001 - reported by ready()/stats(), answered as 503

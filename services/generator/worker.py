@@ -63,7 +63,8 @@ class GeneratorWorker:
         self.weights = WeightStore(self.r, self.keys, keep=cfg.redis.weights_keep,
                                    chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
         self.follower = WeightFollower(self.weights, self.policy.load_trainable_state, consumer=self.id,
-                                       service="generator", poll_interval_s=cfg.redis.weights_poll_s)
+                                       service="generator", poll_interval_s=cfg.redis.weights_poll_s,
+                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance)
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self._reclaim_every_s = max(0.01, cfg.redis.claim_idle_ms / 2000)

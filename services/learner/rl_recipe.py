@@ -432,7 +432,7 @@ class RLRecipe:
         if bump:
             self.state.version += 1
         self.weights.publish(self.trainer.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
-                             step=self.state.step)
+                             step=self.state.step, probe=self.trainer.probe())
         M.POLICY_VERSION_PUBLISHED.set(self.state.version)
         M.PHASE_SECONDS.labels("learner", "publish").observe(time.perf_counter() - t0)
         return self.state.version

@@ -147,6 +147,11 @@ class Trainer:
         full = {n: p.detach().full_tensor() for n, p in self.policy.named_trainable_parameters()}
         return self.policy.trainable_state(full)
 
+    def probe(self) -> list[float]:
+        """``MRIGPolicy.probe`` under the trained weights, through the wrapper (under FSDP2 every
+        worker calls it: the forward gathers the shards); published with the weights."""
+        return self.parallel(self.policy.probe)
+
     def _dcp_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
         model, optim = get_state_dict(self.parallel.root, self.optimizer,

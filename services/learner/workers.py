@@ -168,6 +168,8 @@ def _serve_control_plane(config: dict) -> None:
             elif op == "state":
                 state = trainer.trainable_state()  # every worker gathers under FSDP2; rank 0 ships it
                 value = state if rank == 0 else None
+            elif op == "probe":
+                value = trainer.probe()
             elif op == "communication":
                 value = trainer.measure_communication(arg)
             elif op == "save":
@@ -290,6 +292,9 @@ class TrainerGroup:
 
     def trainable_state(self) -> bytes:
         return self._call("state", [None] * self.world)[0]
+
+    def probe(self) -> list[float]:
+        return self._call("probe", [None] * self.world)[0]
 
     def measure_communication(self, repeats: int = 5) -> dict[str, float]:
         return self._call("communication", [repeats] * self.world)[0]

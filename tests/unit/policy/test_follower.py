@@ -258,3 +258,27 @@ def test_redis_down_keeps_serving_backs_off_and_resubscribes_after_restart(polic
         r.close()
     finally:
         server.stop()
+
+
+def test_a_load_that_binds_nothing_is_refused_by_the_probe_and_a_real_one_is_served(r, keys, policy):
+    """The publisher records its output on a fixed input (MRIGPolicy.probe); a consumer serves a
+    version only when its own output after the load agrees. A load that silently binds nothing
+    (here: a load function that installs nothing) leaves the old output: refused as `probe`."""
+    publisher = build_policy(PolicyConfig()).eval()
+    moved = _moved(publisher, 11)
+    publisher.load_trainable_state(state_to_bytes(moved))
+    expected = publisher.probe()
+    assert max(abs(a - b) for a, b in zip(expected, policy.probe())) > 1e-2  # the weights moved its output
+    store = WeightStore(r, keys)
+    store.publish(state_to_bytes(moved), version=1, probe=expected)
+
+    inert = WeightFollower(store, lambda data: None, consumer="f-inert", service="test", probe=policy.probe)
+    before = _counter("f-inert", "probe")
+    assert inert.poll() is None  # nothing served: the old weights are not version 1
+    assert inert.refused == {1} and inert.failures["probe"] == 1 and _counter("f-inert", "probe") == before + 1
+    inert.close()
+
+    real = _follower(r, keys, policy, "f-probe", probe=policy.probe, probe_tolerance=1e-5)
+    assert real.poll() == 1 and real.failures["probe"] == 0
+    assert max(abs(a - b) for a, b in zip(policy.probe(), expected)) <= 1e-5
+    real.close()
