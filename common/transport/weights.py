@@ -57,6 +57,21 @@ class WeightStore:
         self._trim(version)
         return wv
 
+    def check_room(self, nbytes: int) -> str | None:
+        """Whether Redis can hold ``keep`` versions of ``nbytes`` (the store keeps that many at once):
+        an error message when they exceed its maxmemory (a publish would wait for memory forever),
+        None when they fit or Redis will not say (CONFIG refused, as on some managed services)."""
+        try:
+            maxmemory = int(self.r.config_get("maxmemory").get("maxmemory", 0))
+        except redis.RedisError:
+            return None
+        need = self.keep * nbytes
+        if maxmemory and need > maxmemory:
+            return (f"redis.weights_keep={self.keep} versions x {nbytes / 2**20:.1f} MB = {need / 2**20:.1f} MB of "
+                    f"weights, but Redis's maxmemory is {maxmemory / 2**20:.1f} MB (and the streams need room too): "
+                    f"raise Redis's maxmemory or lower redis.weights_keep")
+        return None
+
     def _trim(self, newest: int) -> None:
         for v in range(max(0, newest - self.keep - 16), newest - self.keep + 1):
             raw = self.r.get(self.keys.weights_meta(v))

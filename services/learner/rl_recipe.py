@@ -130,13 +130,18 @@ class RLRecipe:
                                "can then be resumed on any count)")
 
     def _publish_resumed(self) -> None:
-        """Publish the weights this learner resumed with, under a version never used before."""
+        """Publish the weights this learner resumed with, under a version never used before; first
+        check that Redis can hold ``redis.weights_keep`` versions of them (start-up, not mid-run)."""
+        data = self.trainer.trainable_state()
+        problem = self.weights.check_room(len(data))
+        if problem:
+            raise RuntimeError(problem)
         latest = self.weights.latest()
         if latest is None or latest.version != self.state.version:
             # never reuse a version number: a newer one may already be served with other weights
             if latest is not None and latest.version > self.state.version:
                 self.state.version = latest.version + 1
-            self.publish(bump=False)
+            self.publish(bump=False, data=data)
 
     def _resume_trainer(self, why: str) -> None:
         """The trainer workers were lost mid-run (a worker died; Ray Train restarted the group): the
@@ -427,11 +432,11 @@ class RLRecipe:
             M.LOSS.labels(t).set(out.get(f"losses/{t}", 0.0))
 
     # ---- publish / checkpoint ------------------------------------------------------------------
-    def publish(self, bump: bool = True) -> int:
+    def publish(self, bump: bool = True, data: bytes | None = None) -> int:
         t0 = time.perf_counter()
         if bump:
             self.state.version += 1
-        self.weights.publish(self.trainer.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
+        self.weights.publish(data if data is not None else self.trainer.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
                              step=self.state.step, probe=self.trainer.probe())
         M.POLICY_VERSION_PUBLISHED.set(self.state.version)
         M.PHASE_SECONDS.labels("learner", "publish").observe(time.perf_counter() - t0)

@@ -435,3 +435,13 @@ def test_kill_9_of_the_only_reward_replica_twice_the_run_goes_on(ray_cluster, re
     # the group that waited on the dead replica is retried, not redone: nothing published twice
     _report_kills_and_check_ledger("kill -9 of the reward replica", stamps, kills, recipe,
                                    8 * cfg.rl.groups_per_step)
+
+
+def test_a_learner_whose_weight_versions_cannot_fit_redis_fails_at_start_up(redis_server, tmp_path):
+    # the store keeps redis.weights_keep versions at once: 5000 x the tiny full state is more than
+    # the test server's 512 MB maxmemory, and a publish would otherwise wait for memory forever
+    cfg = tiny_rl_cfg(redis_server, tmp_path)
+    cfg.redis.weights_keep = 5000
+    with pytest.raises(RuntimeError, match=r"redis\.weights_keep=5000 versions x .* MB of weights, but Redis's "
+                                           r"maxmemory is 512\.0 MB"):
+        RLRecipe(cfg, cfg.redis.url, source()).setup()
