@@ -128,7 +128,9 @@ class _Calls(torch.nn.Module):
 class Parallel:
     """PyTorch's data parallelism around the policy's trained modules.
 
-    ``world == 1`` (no process group): the modules as they are. ``ddp``: DistributedDataParallel;
+    No process group: the modules as they are (the learner's own one-worker trainer). In a process
+    group (of any size, one included: services/learner/trainer_check.py measures the wrapping on
+    one device) ``ddp``: DistributedDataParallel;
     gradients sync only on the last backward of a minibatch (``no_sync`` before). ``fsdp2``:
     ``fully_shard`` on every repeated block, then on the root; parameters in ``param_dtype``,
     gradients reduced in fp32; gradients reduce-scatter on every backward (sharded accumulation:
@@ -138,9 +140,10 @@ class Parallel:
     def __init__(self, modules: dict[str, torch.nn.Module], strategy: str = "ddp", param_dtype: str = "fp32",
                  activation_checkpointing: bool = False):
         import torch.distributed as dist
-        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        self.strategy = strategy if self.world > 1 else "none"
+        grouped = dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size() if grouped else 1
+        self.rank = dist.get_rank() if grouped else 0
+        self.strategy = strategy if grouped else "none"
         root = _Calls(modules)
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -178,7 +181,7 @@ class Parallel:
 
     def all_sum(self, values: list[float]) -> list[float]:
         """Sum of each value over the workers (float64 on the CPU: statistics, not gradients)."""
-        if self.world == 1:
+        if self.strategy == "none":
             return list(values)
         import torch.distributed as dist
         t = torch.tensor(values, dtype=torch.float64)
@@ -192,7 +195,7 @@ class Parallel:
         workers (0 for one worker): what a step costs in communication per gradient sync (DDP:
         one all-reduce of the trainable gradients per minibatch; FSDP2: an all-gather of the
         parameters per forward and per backward, and a reduce-scatter of the gradients)."""
-        if self.world == 1:
+        if self.strategy == "none":
             return {"all_reduce_s": 0.0, "all_gather_s": 0.0}
         import statistics
         import time

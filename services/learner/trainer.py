@@ -46,10 +46,12 @@ class Trainer:
     """The policy being trained (wrapped for data parallelism when a process group runs), AdamW over
     its trainable parameters, and the EMA when enabled."""
 
-    def __init__(self, policy_cfg: PolicyConfig, rl: RLConfig):
+    def __init__(self, policy_cfg: PolicyConfig, rl: RLConfig, policy=None):
+        """``policy``: an already built MRIGPolicy of ``policy_cfg`` (e.g. a real architecture with
+        random weights in services/learner/trainer_check.py); default: built from the config."""
         torch.manual_seed(rl.seed)
         self.rl = rl
-        self.policy = build_policy(policy_cfg).train()
+        self.policy = (policy if policy is not None else build_policy(policy_cfg)).train()
         lc = rl.learner
         # before the optimizer and the EMA: FSDP2 replaces the parameters by sharded ones
         self.parallel = Parallel(self.policy.trained_modules(), lc.strategy, lc.param_dtype, lc.activation_checkpointing)
