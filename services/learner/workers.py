@@ -232,8 +232,10 @@ class TrainerGroup:
         except BaseException as e:  # noqa: BLE001 - reported to the control plane through the mailbox
             self._fit_error = e
             why = f"the trainer worker group failed for good (rl.learner.max_failures exhausted?): {e}"
+        if not ray.is_initialized():  # Ray was shut down under the run: a call now would start a new one
+            return
         try:
-            ray.get(self.mailbox.fail.remote(why))
+            ray.get(self.mailbox.fail.remote(why), timeout=30)
         except Exception:  # noqa: BLE001 - the mailbox went with Ray
             pass
 
@@ -243,6 +245,7 @@ class TrainerGroup:
         lc = self.rl.learner
         generation, fatal = ray.get(self.mailbox.wait_ready.remote(timeout_s or lc.start_timeout_s))
         if fatal:
+            self.close()
             raise TrainerGone(fatal)
         if generation < 0:
             what = (f"rl.learner.workers={lc.workers} trainer workers ({lc.cpus_per_worker:g} CPU"
@@ -321,10 +324,13 @@ class TrainerGroup:
             if self.generation >= 0 and self._thread.is_alive():
                 self._final_state = self.trainable_state()
                 self._call("stop", [None] * self.world, timeout_s=timeout_s)
-                self._thread.join(timeout_s)
         except Exception as e:  # noqa: BLE001 - a lost group has nothing left to stop
             log.debug("trainer workers did not answer stop: %s", e)
-        try:
-            ray.kill(self.mailbox)
-        except Exception:  # noqa: BLE001
-            pass
+        # a run that never started its workers (start-up failed) ends with this process's Ray
+        # session; one that did ends once they return
+        self._thread.join(timeout_s if self.generation >= 0 else 5.0)
+        if ray.is_initialized():
+            try:
+                ray.kill(self.mailbox)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
