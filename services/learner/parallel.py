@@ -203,7 +203,6 @@ class Parallel:
         import torch.distributed as dist
         dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
         x = torch.ones(numel, device=dev)
-        out = torch.empty(numel * self.world, device=dev)
         shard = torch.ones(-(-numel // self.world), device=dev)
         out_g = torch.empty(shard.numel() * self.world, device=dev)
         times = {"all_reduce_s": [], "all_gather_s": []}
@@ -220,5 +219,4 @@ class Parallel:
             if dev == "cuda":
                 torch.cuda.synchronize()
             times["all_gather_s"].append(time.perf_counter() - t0)
-        del out
         return {k: statistics.median(v[1:]) for k, v in times.items()}
