@@ -17,7 +17,8 @@
 #   E2E_QUICK=1 scripts/compose_e2e.sh          # reduced: fewer steps, no kill phase (the docker test)
 # Settings (environment): E2E_WORK (scratch, kept: reuse it to keep the built images; default a
 # temp dir, removed at the end), E2E_STEPS (learner steps to wait
-# for, default 8; quick 3), E2E_TIMEOUT_S (per wait, default 900), DOCKER_HOST (an engine to use).
+# for, default 8; quick 3), E2E_TIMEOUT_S (per wait, default 900), DOCKER_HOST (an engine to use),
+# DYREF_LEARNER_WORKERS (trainer workers in the learner's container; > 1 is checked in the scrape phase).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -231,6 +232,15 @@ for series in dyref_learner_step dyref_learner_policy_version dyref_generator_po
 done
 [ -z "$missing" ] || fail "Prometheus lacks:$missing"
 say "Prometheus has every training series the dashboards use"
+# DYREF_LEARNER_WORKERS > 1: the learner's Ray Train workers (in its own container) each trained
+workers=${DYREF_LEARNER_WORKERS:-1}
+if [ "$workers" -gt 1 ]; then
+  n=$(curl -fsS "$PROM/api/v1/query" \
+        --data-urlencode 'query=count(dyref_learner_worker_seconds_count{call="update"} > 0)' \
+      | "$PY" -c "import json,sys; r=json.load(sys.stdin)['data']['result']; print(int(float(r[0]['value'][1])) if r else 0)")
+  [ "$n" -eq "$workers" ] || fail "expected $workers trainer workers reporting updates, Prometheus has $n"
+  say "$n trainer workers (Ray Train, in the learner's container) report their update seconds"
+fi
 phase scrape "$t"
 
 # ---- kill ----------------------------------------------------------------------------------
