@@ -379,14 +379,9 @@ class RLRecipe:
             gen = torch.Generator().manual_seed(self.rl.seed * 1_000_003 + self.state.step)
             flat = advantages.flatten()
             advantages = flat[torch.randperm(flat.numel(), generator=gen)].view_as(advantages)
-        t0 = time.perf_counter()
         out = self.trainer.update([TrainGroup(g.rollout, advantages[b], sig.dar_weights[b]) for b, g in enumerate(batch)],
                                   step=self.state.step)
-        if isinstance(self.trainer, Trainer):  # the workers of a TrainerGroup report their own seconds
-            M.TRAINER_WORKER_SECONDS.labels("0", "update").observe(time.perf_counter() - t0)
-            out["time/worker_update_s"] = time.perf_counter() - t0
-        else:
-            out["time/worker_update_s"] = max(self.trainer.last_seconds)
+        out["time/worker_update_s"] = max(self.trainer.last_seconds)  # the slowest worker's
         out.update(self._reward_stats(batch, sig))
         out.update({f"signals/{k}": v for k, v in sig.diagnostics.items()})
         out["signals/dar_weight_std"] = float(sig.dar_weights.std(unbiased=False))

@@ -15,11 +15,13 @@ folders that any worker count can load.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
+from common import metrics as M
 from common.config import PolicyConfig, RLConfig
 from common.policy import GroupRollout, build_policy
 from common.policy.sde import kl_std_dev_t, sde_step, step_std
@@ -57,6 +59,7 @@ class Trainer:
         self.parallel = Parallel(self.policy.trained_modules(), lc.strategy, lc.param_dtype, lc.activation_checkpointing)
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=rl.lr, betas=rl.betas,
                                            weight_decay=rl.weight_decay, eps=rl.adam_eps)
+        self.last_seconds: list[float] = []  # seconds of the last update (the one worker's)
         self.ema = EMA.from_config(rl.ema, dict(self.policy.named_trainable_parameters())) if rl.ema.enabled else None
 
     # ---- the loss of one train step of one group ------------------------------------------------
@@ -85,8 +88,13 @@ class Trainer:
 
     # ---- one learner step -------------------------------------------------------------------------
     def update(self, groups: list[TrainGroup], step: int) -> dict[str, float]:
-        """One learner step on the whole batch, as the only worker."""
-        return self.update_shard(split_batch(groups, 1)[0], step)
+        """One learner step on the whole batch, as the only worker (in the learner's process: its
+        seconds are exported as worker 0's, as a TrainerGroup exports each of its workers')."""
+        t0 = time.perf_counter()
+        out = self.update_shard(split_batch(groups, 1)[0], step)
+        self.last_seconds = [time.perf_counter() - t0]
+        M.TRAINER_WORKER_SECONDS.labels("0", "update").observe(self.last_seconds[0])
+        return out
 
     def update_shard(self, shard: TrainShard, step: int) -> dict[str, float]:
         """``ppo_epochs`` x ``minibatches`` optimizer steps over the batch (minibatches of whole groups,

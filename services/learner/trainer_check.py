@@ -47,21 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _peak_gb(dev: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-
-
 def run(args) -> dict:
     import torch.distributed as dist
 
     from common.config import RLConfig
     from common.perf.flops import card_name
-    from common.perf.gpu_check import PROMPT, _build, _refs
+    from common.perf.gpu_check import PROMPT, _build, _peak_mem_gb, _refs, _reset_peak, _sync
     from common.schemas import SamplingParams
     from common.transport import free_port
     from services.learner.trainer import Trainer, TrainGroup
@@ -87,8 +78,7 @@ def run(args) -> dict:
         rl = RLConfig(kl={"beta": 0.04}, ema={"enabled": False},
                       learner={"strategy": args.strategy,
                                **({"param_dtype": param_dtype} if args.strategy == "fsdp2" else {})})
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
+        _reset_peak(dev)
         t = time.perf_counter()
         trainer = Trainer(pcfg, rl, policy=policy)
         _sync(dev)
@@ -103,7 +93,7 @@ def run(args) -> dict:
             step_s.append(time.perf_counter() - t)
         out: dict = {"strategy": args.strategy, "param_dtype": param_dtype if args.strategy == "fsdp2" else None,
                      "finetune": pcfg.finetune, "build_s": build_s, "wrap_s": wrap_s, "step_s": step_s,
-                     "peak_memory_gb": _peak_gb(dev), "loss": stats["losses/loss"],
+                     "peak_memory_gb": _peak_mem_gb(dev), "loss": stats["losses/loss"],
                      "trainable_params": sum(int(p.numel()) for p in trainer.policy.trainable_parameters())}
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()

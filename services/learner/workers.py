@@ -202,11 +202,9 @@ class TrainerGroup:
         self._seq = itertools.count(1)
         self.mailbox = _mailbox_class().remote(self.world)
         self.generation = -1  # none ready yet
-        self.restarts = 0
         self._policy = None
         self._final_state: bytes | None = None  # the weights the workers held when closed
-        self.last_seconds: list[float] = []
-        self._fit_error: BaseException | None = None
+        self.last_seconds: list[float] = []  # each worker's seconds for the last call
         use_gpu = lc.gpus_per_worker > 0
         # on compose and the chart, the learner's own container is the "trainer" node: the workers
         # write their checkpoint shards beside the control plane's (common/placement.py)
@@ -222,7 +220,7 @@ class TrainerGroup:
                                  failure_config=FailureConfig(max_failures=lc.max_failures)))
         self._thread = threading.Thread(target=self._fit, name="ray-train-fit", daemon=True)
         self._thread.start()
-        self.wait_ready(lc.start_timeout_s, first=True)
+        self.wait_ready(lc.start_timeout_s)
 
     def _fit(self) -> None:
         import ray
@@ -230,7 +228,6 @@ class TrainerGroup:
             self._trainer.fit()
             why = "the trainer workers stopped"
         except BaseException as e:  # noqa: BLE001 - reported to the control plane through the mailbox
-            self._fit_error = e
             why = f"the trainer worker group failed for good (rl.learner.max_failures exhausted?): {e}"
         if not ray.is_initialized():  # Ray was shut down under the run: a call now would start a new one
             return
@@ -239,7 +236,7 @@ class TrainerGroup:
         except Exception:  # noqa: BLE001 - the mailbox went with Ray
             pass
 
-    def wait_ready(self, timeout_s: float | None = None, first: bool = False) -> int:
+    def wait_ready(self, timeout_s: float | None = None) -> int:
         """Block until every worker of the current generation has built its trainer; returns it."""
         import ray
         lc = self.rl.learner
@@ -254,8 +251,7 @@ class TrainerGroup:
             raise PlacementError(f"{what} were not all placed and started within rl.learner.start_timeout_s="
                                  f"{lc.start_timeout_s:g} s: the cluster's free resources are held by other actors, "
                                  "or building the policy failed (see the Ray Train worker logs)")
-        if not first and generation != self.generation:
-            self.restarts += 1
+        if 0 <= self.generation != generation:
             log.warning("trainer worker group restarted (generation %d)", generation)
         self.generation = generation
         return generation
