@@ -210,6 +210,7 @@ class LearnerWorkersConfig(_Section):
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each trainer worker (0: CPU training with gloo; > 0: NCCL).")
     max_failures: int = Field(3, ge=0, description="Times Ray Train restarts the worker group after a worker dies; the control plane then resumes it from the last checkpoint.")
     start_timeout_s: float = Field(300.0, gt=0, description="How long the workers may take to be placed and build the policy before the learner fails at start-up.")
+    weight_transport: Literal["redis", "direct"] = Field("redis", description="How published weights reach generators, the evaluator and the gateway: redis (the bytes in Redis beside their metadata; works anywhere) or direct (held by the learner's weight source actor and sent over Ray Direct Transport, gloo; only the metadata in Redis; needs every consumer in the learner's Ray cluster). Both verify the sha256 and the probe.")
 
     @model_validator(mode="after")
     def _fsdp2_settings_need_fsdp2(self) -> "LearnerWorkersConfig":

@@ -119,7 +119,9 @@ class WeightVersion(_Wire):
     nbytes: int = Field(..., ge=0)
     kind: Literal["lora", "full"]
     step: int = Field(0, ge=0)
-    chunks: int = Field(1, ge=1, description="The bytes are split over this many keys (Redis caps one value at 512 MB).")
+    chunks: int = Field(1, ge=0, description="The bytes are split over this many keys (Redis caps one value at 512 MB); 0 on the direct path.")
+    transport: Literal["redis", "direct"] = Field("redis", description="Where the bytes are: in Redis beside this metadata, or held by the learner's weight source actor (common/transport/direct.py).")
+    source: str | None = Field(None, description="The direct path's weight source actor (its Ray name).")
     created_at: float = Field(default_factory=time.time)
     probe: list[float] | None = Field(None, description="The publisher's MRIGPolicy.probe() under these weights: a consumer recomputes it after loading, so a load that binds nothing fails loudly.")
 

@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         from dyref.train_commands import task_source_for
         from services.learner.rl_recipe import RLRecipe
         # trainer workers beyond the first are Ray Train workers: the learner then joins Ray
-        with _service(profile, ray=lambda cfg: cfg.rl.learner.workers > 1) as (cfg, url, stop):
+        with _service(profile, ray=lambda cfg: cfg.rl.learner.workers > 1 or cfg.rl.learner.weight_transport == "direct") as (cfg, url, stop):
             recipe = RLRecipe(cfg, url, task_source_for(cfg, records, image_root, cases, cfg.rl.seed)).setup()
             try:
                 state = recipe.train(until=steps, should_stop=stop,

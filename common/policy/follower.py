@@ -26,6 +26,7 @@ from common import metrics as M
 from common.codec import CodecError
 from common.policy.policy import TrainableStateError
 from common.schemas import WeightVersion
+from common.transport.direct import DirectLink, SourceUnavailable
 from common.transport.weights import ChecksumError, WeightsMissing, WeightStore
 
 __all__ = ["WeightFollower", "WeightSyncError", "REASONS"]
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 # dyref_weight_load_failures{reason}: checksum, shape and invalid refuse the version for good;
 # missing (expired from the store before we fetched it) is only counted, the next check retries
-REASONS = ("checksum", "shape", "invalid", "missing", "probe")
+# source: the direct path's weight source is gone or its transfer failed (counted, retried after a back-off)
+REASONS = ("checksum", "shape", "invalid", "missing", "probe", "source")
 
 
 class WeightSyncError(RuntimeError):
@@ -60,6 +62,10 @@ class WeightFollower:
     refused (reason ``probe``) and the one before stays the version served, so the groups sampled
     meanwhile carry the version their weights really are.
 
+    A version published on the direct path (``transport == "direct"``) is fetched from the learner's
+    weight source through `direct` (common/transport/direct.py); a follower given none makes one
+    that reads through Ray's object store when this process is in the Ray cluster.
+
     Thread-safe (one lock), but `wait_for` holds the lock while it waits: a consumer that waits
     and serves from different threads should not share one follower.
     """
@@ -67,13 +73,15 @@ class WeightFollower:
     def __init__(self, store: WeightStore, load: Callable[[bytes], None], consumer: str, service: str,
                  poll_interval_s: float = 1.0, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
                  confirm_timeout_s: float = 2.0, wanted: Callable[[int], bool] | None = None,
-                 probe: Callable[[], list[float]] | None = None, probe_tolerance: float = 1e-3):
+                 probe: Callable[[], list[float]] | None = None, probe_tolerance: float = 1e-3,
+                 direct: "DirectLink | None" = None):
         if poll_interval_s <= 0 or backoff_s <= 0 or max_backoff_s < backoff_s:
             raise ValueError("need poll_interval_s > 0 and 0 < backoff_s <= max_backoff_s")
         self.store, self.load, self.consumer, self.service = store, load, consumer, service
         self.poll_interval_s, self.backoff_s, self.max_backoff_s = poll_interval_s, backoff_s, max_backoff_s
         self.confirm_timeout_s, self.wanted = confirm_timeout_s, wanted
         self.probe, self.probe_tolerance = probe, probe_tolerance
+        self.direct = direct
         self.served: WeightVersion | None = None   # metadata of the version served
         self.refused: set[int] = set()
         self.failures: dict[str, int] = defaultdict(int)
@@ -149,9 +157,13 @@ class WeightFollower:
                 return self.version
             t0 = time.perf_counter()
             try:
-                data = self.store.fetch(latest)
+                data = self._fetch(latest)
             except REDIS_DOWN as e:
                 self._redis_failed(e)
+                return self.version
+            except SourceUnavailable as e:
+                self._count("source")
+                self._source_failed(e)
                 return self.version
             except ChecksumError as e:
                 self._refuse(latest.version, "checksum", e)
@@ -204,6 +216,8 @@ class WeightFollower:
     def close(self) -> None:
         with self._lock:
             self._drop()
+            if self.direct is not None:
+                self.direct.close()
 
     # ---- internals -----------------------------------------------------------------------------
     def _subscribe(self) -> None:
@@ -254,6 +268,21 @@ class WeightFollower:
             else:
                 self._resub_at = time.monotonic() + self.backoff_s
                 log.warning("%s: weight notices failed (%s); re-subscribing", self.consumer, e)
+
+    def _fetch(self, wv: WeightVersion) -> bytes:
+        if wv.transport == "redis":
+            return self.store.fetch(wv)
+        if self.direct is None:
+            self.direct = DirectLink()  # through the object store: this process has no receiver method
+        return self.direct.fetch(wv)
+
+    def _source_failed(self, e: Exception) -> None:
+        # the source, not Redis, failed: keep the subscription, retry after the same back-off
+        self._backoff = min(self.max_backoff_s, self._backoff * 2 or self.backoff_s)
+        self._retry_at = time.monotonic() + self._backoff
+        self._news = True
+        log.warning("%s: weight source unreachable (%s); serving version %s, next try in %.1fs",
+                    self.consumer, e, self.version, self._backoff)
 
     def _redis_failed(self, e: Exception) -> None:
         self.redis_errors += 1

@@ -38,10 +38,13 @@ class WeightStore:
         self.r, self.keys, self.keep, self.oom_wait_s, self.chunk_bytes = r, keys, keep, oom_wait_s, chunk_bytes
 
     def publish(self, data: bytes, version: int, kind: str = "lora", step: int = 0,
-                probe: list[float] | None = None) -> WeightVersion:
-        n = max(1, -(-len(data) // self.chunk_bytes))
+                probe: list[float] | None = None, source: str | None = None) -> WeightVersion:
+        """Publish `data` as `version`. With `source` (the direct path, common/transport/direct.py)
+        the bytes are already held by that weight source actor: only the metadata goes to Redis."""
+        n = 0 if source else max(1, -(-len(data) // self.chunk_bytes))
         wv = WeightVersion(version=version, sha256=hashlib.sha256(data).hexdigest(), key=self.keys.weights(version),
-                           nbytes=len(data), kind=kind, step=step, created_at=time.time(), chunks=n, probe=probe)
+                           nbytes=len(data), kind=kind, step=step, created_at=time.time(), chunks=n, probe=probe,
+                           transport="direct" if source else "redis", source=source)
         meta = wv.model_dump_json()
         view = memoryview(data)
 
@@ -75,7 +78,7 @@ class WeightStore:
     def _trim(self, newest: int) -> None:
         for v in range(max(0, newest - self.keep - 16), newest - self.keep + 1):
             raw = self.r.get(self.keys.weights_meta(v))
-            n = WeightVersion.model_validate_json(raw).chunks if raw else 1
+            n = max(1, WeightVersion.model_validate_json(raw).chunks) if raw else 1
             self.r.unlink(self.keys.weights_meta(v), *[self.keys.weights(v, i) for i in range(n)])
 
     def latest(self) -> WeightVersion | None:
@@ -90,6 +93,8 @@ class WeightStore:
 
     def fetch(self, wv: WeightVersion) -> bytes:
         """The bytes of `wv`, verified against its sha256."""
+        if wv.transport != "redis":
+            raise WeightsMissing(f"weight version {wv.version} is on the {wv.transport} path: its bytes are not in Redis")
         parts = self.r.mget([self.keys.weights(wv.version, i) for i in range(wv.chunks)])
         if any(p is None for p in parts):
             raise WeightsMissing(f"weight version {wv.version} expired from the store (keep={self.keep})")

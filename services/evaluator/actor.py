@@ -7,12 +7,14 @@ import ray
 
 from common.config import DyRefConfig
 from common.loop_actor import LoopActor
+from common.transport.direct import DirectLink, WeightReceiver
 
 __all__ = ["EvaluatorActor", "start_evaluator"]
 
 
-@ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
-class EvaluatorActor(LoopActor):
+# one thread runs the loop, one answers stop/status, one receives weights on the direct path
+@ray.remote(max_concurrency=3)
+class EvaluatorActor(LoopActor, WeightReceiver):
     def __init__(self, cfg: dict, redis_url: str, specs: list[dict], size: int, ref_size: int, every: int,
                  steps: int | None = None, metrics_port: int = 0, nice: int = 10):
         import torch
@@ -25,7 +27,8 @@ class EvaluatorActor(LoopActor):
         from common.synthetic import CaseSpec, case_from_spec
         from services.evaluator.worker import EvaluatorWorker
         cases = [case_from_spec(CaseSpec.from_dict(s["spec"]), s["index"], s["case_id"], size, ref_size) for s in specs]
-        self.worker = EvaluatorWorker(self.cfg, redis_url, cases, every, steps)
+        self.worker = EvaluatorWorker(self.cfg, redis_url, cases, every, steps,
+                                      direct=DirectLink(receiver=ray.get_runtime_context().current_actor))
 
     def status(self) -> dict:
         return {"last_version": self.worker.last, "evaluations": self.worker.evaluated}

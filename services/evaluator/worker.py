@@ -15,6 +15,7 @@ from common import metrics as M
 from common.config import DyRefConfig
 from common.policy import build_policy
 from common.policy.follower import WeightFollower, WeightSyncError
+from common.transport.direct import DirectLink
 from common.synthetic import SyntheticCase
 from common.synthetic.evaluation import METRICS, evaluate_policy, summarise
 from common.transport import Keys, WeightStore, connect
@@ -30,7 +31,8 @@ def read_eval_history(r, keys: Keys) -> list[dict]:
 
 
 class EvaluatorWorker:
-    def __init__(self, cfg: DyRefConfig, redis_url: str, cases: list[SyntheticCase], every: int, steps: int | None = None):
+    def __init__(self, cfg: DyRefConfig, redis_url: str, cases: list[SyntheticCase], every: int, steps: int | None = None,
+                 direct: DirectLink | None = None):
         if every < 1:
             raise ValueError(f"the evaluator needs every >= 1 versions, got {every}")
         if not cases:
@@ -46,7 +48,8 @@ class EvaluatorWorker:
         self.evaluated = 0
         self.follower = WeightFollower(self.weights, self.policy.load_trainable_state, consumer="evaluator",
                                        service="evaluator", poll_interval_s=1.0, wanted=self.due,
-                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance)
+                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance,
+                                       direct=direct)
         for m in METRICS:  # the series exist from start-up (a scrape before the first evaluation sees them)
             M.EVAL_SCORE.labels(m, "all")
 

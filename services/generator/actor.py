@@ -6,12 +6,14 @@ import ray
 from common.config import DyRefConfig
 from common.placement import role_resources
 from common.loop_actor import LoopActor
+from common.transport.direct import DirectLink, WeightReceiver
 
 __all__ = ["GeneratorActor", "start_generators"]
 
 
-@ray.remote(max_concurrency=2)  # one thread runs the loop, the other answers stop/status
-class GeneratorActor(LoopActor):
+# one thread runs the loop, one answers stop/status, one receives weights on the direct path
+@ray.remote(max_concurrency=3)
+class GeneratorActor(LoopActor, WeightReceiver):
     def __init__(self, generator_id: str, cfg: dict, redis_url: str, threads: int = 1, metrics_port: int = 0):
         import torch
         torch.set_num_threads(threads)
@@ -21,12 +23,14 @@ class GeneratorActor(LoopActor):
         from services.generator.worker import GeneratorWorker
         from common.rewards.client import RewardClient
         self.cfg = DyRefConfig.from_dict(cfg)
-        self.worker = GeneratorWorker(generator_id, self.cfg, redis_url, RewardClient(self.cfg.rewards))
+        self.worker = GeneratorWorker(generator_id, self.cfg, redis_url, RewardClient(self.cfg.rewards),
+                                      direct=DirectLink(receiver=ray.get_runtime_context().current_actor))
 
     def status(self) -> dict:
         import os
         return {"id": self.worker.id, "version": self.worker.version, "groups": self.worker.groups_done,
-                "refused_versions": sorted(self.worker.refused_versions), "pid": os.getpid()}
+                "refused_versions": sorted(self.worker.refused_versions), "pid": os.getpid(),
+                "weight_failures": {k: v for k, v in self.worker.follower.failures.items() if v}}
 
 
 def start_generators(cfg: DyRefConfig, redis_url: str, n: int | None = None, prefix: str = "generator",

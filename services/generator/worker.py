@@ -25,6 +25,7 @@ from common.images import ImageError, decode_image, encode_image
 from common.policy import GroupRollout, ScoredGroup, build_policy
 from common.policy.families import to_pil
 from common.policy.follower import WeightFollower, WeightSyncError
+from common.transport.direct import DirectLink
 from common.schemas import GroupHeader, Task, group_id_for
 from common.transport import Entry, Keys, WeightStore, connect
 from common.transport import group_queue, task_queue
@@ -47,7 +48,8 @@ class _InFlight:
 
 
 class GeneratorWorker:
-    def __init__(self, generator_id: str, cfg: DyRefConfig, redis_url: str, score_group: Callable):
+    def __init__(self, generator_id: str, cfg: DyRefConfig, redis_url: str, score_group: Callable,
+                 direct: DirectLink | None = None):
         """`score_group(task, images_png: list[bytes]) -> {reward name: [G][J] scores or None}`; a
         client with ``submit``/``collect`` halves (common.rewards.client.RewardClient) lets scoring
         overlap the next group's sampling."""
@@ -64,7 +66,8 @@ class GeneratorWorker:
                                    chunk_bytes=cfg.redis.weights_chunk_mb * 2**20)
         self.follower = WeightFollower(self.weights, self.policy.load_trainable_state, consumer=self.id,
                                        service="generator", poll_interval_s=cfg.redis.weights_poll_s,
-                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance)
+                                       probe=self.policy.probe, probe_tolerance=cfg.redis.weights_probe_tolerance,
+                                       direct=direct)
         self._submit = getattr(score_group, "submit", lambda task, pngs: (task, pngs))
         self._collect = getattr(score_group, "collect", lambda sub: score_group(*sub))
         self._reclaim_every_s = max(0.01, cfg.redis.claim_idle_ms / 2000)

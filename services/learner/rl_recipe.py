@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import ray
 import torch
 
 from common import metrics as M
@@ -27,9 +28,11 @@ from common.codec import CodecError, decode, encode
 from common.config import DyRefConfig
 from common.policy import GroupRollout, ScoredGroup
 from common.rl import BatchSignals, admission_capacity, batch_signals, calibrate_tau, is_stale, version_lag
+from common.placement import role_resources
 from common.schemas import GroupHeader, SamplingParams
 from common.transport import (Entry, Keys, RedisFull, WeightStore, connect, group_queue, retry_on_oom,
                               task_queue)
+from common.transport.direct import source_name, start_weight_source
 from services.learner.audit import check_ledger, read_audit
 from services.learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from services.learner.tasks import TaskSource
@@ -63,6 +66,9 @@ class RLRecipe:
         return self.trainer.policy
 
     def setup(self) -> "RLRecipe":
+        if self.rl.learner.weight_transport == "direct" and not ray.is_initialized():
+            raise RuntimeError("rl.learner.weight_transport=direct: the learner must run in the Ray cluster of "
+                               "its consumers (the weights are sent from a Ray actor); use 'redis' otherwise")
         self.ckpt_dir = Path(self.rl.checkpoint_dir)
         if self.rl.learner.workers > 1:  # Ray Train workers (services/learner/workers.py)
             self.trainer = TrainerGroup(self.cfg.policy, self.rl, storage=self.ckpt_dir / "ray-train")
@@ -78,6 +84,10 @@ class RLRecipe:
         self.groups.ensure_group()
         self.weights = WeightStore(self.r, self.keys, keep=self.cfg.redis.weights_keep,
                                    chunk_bytes=self.cfg.redis.weights_chunk_mb * 2**20)
+        self.weight_source = None  # the direct path's actor (common/transport/direct.py)
+        if self.rl.learner.weight_transport == "direct":
+            self.weight_source = start_weight_source(self.keys.namespace, keep=self.cfg.redis.weights_keep,
+                                                     resources=role_resources("trainer"))
         self.state = LearnerState(run_id=uuid.uuid4().hex[:8])
         ckpt = load_latest(self.ckpt_dir)
         if ckpt is not None:
@@ -133,7 +143,7 @@ class RLRecipe:
         """Publish the weights this learner resumed with, under a version never used before; first
         check that Redis can hold ``redis.weights_keep`` versions of them (start-up, not mid-run)."""
         data = self.trainer.trainable_state()
-        problem = self.weights.check_room(len(data))
+        problem = self.weights.check_room(len(data)) if self.weight_source is None else None  # direct: not in Redis
         if problem:
             raise RuntimeError(problem)
         latest = self.weights.latest()
@@ -431,8 +441,13 @@ class RLRecipe:
         t0 = time.perf_counter()
         if bump:
             self.state.version += 1
-        self.weights.publish(data if data is not None else self.trainer.trainable_state(), self.state.version, kind=self.cfg.policy.finetune,
-                             step=self.state.step, probe=self.trainer.probe())
+        data = data if data is not None else self.trainer.trainable_state()
+        source = None
+        if self.weight_source is not None:  # the direct path: the source holds the bytes before Redis names them
+            ray.get(self.weight_source.put.remote(self.state.version, data))
+            source = source_name(self.keys.namespace)
+        self.weights.publish(data, self.state.version, kind=self.cfg.policy.finetune, step=self.state.step,
+                             probe=self.trainer.probe(), source=source)
         M.POLICY_VERSION_PUBLISHED.set(self.state.version)
         M.PHASE_SECONDS.labels("learner", "publish").observe(time.perf_counter() - t0)
         return self.state.version

@@ -4,8 +4,9 @@ Run by scripts/gpu_check.sh after the sampling / train / weight-sync check (comm
 builds the real architecture with random weights (common/policy/arch), samples one group, and
 then one :class:`~services.learner.trainer.Trainer` wrapped by ``--strategy`` takes ``--updates``
 learner steps on it (the first is a warm-up), writes and reads its torch.distributed.checkpoint
-folder, gathers the weights to publish and computes the weight probe. Seconds and peak memory of
-each part go to ``<out-dir>/<card>-<date>-trainer.json``. A one-rank group runs the same wrapping,
+folder, gathers the weights to publish, computes the weight probe, and syncs those bytes to a
+consumer on the Redis path and on the direct path (common/perf/weight_sync.py: a local Ray and an
+embedded Redis). Seconds and peak memory of each part go to ``<out-dir>/<card>-<date>-trainer.json``. A one-rank group runs the same wrapping,
 mixed precision and checkpoint code as N workers; what it cannot show is the communication
 (scripts/bench_learner_workers.py measures that with 2 workers).
 
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--lora-rank", type=int, default=None)
     ap.add_argument("--updates", type=int, default=3, help="learner steps; the first is a warm-up")
+    ap.add_argument("--sync-repeats", type=int, default=2,
+                    help="weight sync of the gathered weights on the Redis and the direct path (0: skip)")
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--out", default=None)
     return ap.parse_args(argv)
@@ -111,11 +114,30 @@ def run(args) -> dict:
         trainer.probe()
         _sync(dev)
         out["probe_s"] = time.perf_counter() - t
+        if args.sync_repeats:
+            out["weight_sync"] = _weight_sync(state, args.sync_repeats)
         return {"schema": "dyref.trainer_check/1", "card": card_name(), "device": str(dev), "arch": arch,
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "profile": args.profile,
                 "group_size": args.group_size, "refs": args.refs, "size": pcfg.height, "trainer": out, "notes": notes}
     finally:
         dist.destroy_process_group()
+
+
+def _weight_sync(state: bytes, repeats: int) -> list[dict]:
+    """The gathered weights to one consumer on each path (docs/architecture.md, "Weight sync")."""
+    import ray
+
+    from common.perf.weight_sync import PATHS, init_local_ray, measure_path
+    from common.transport import EmbeddedRedis
+    mb = len(state) // 2**20
+    started = init_local_ray(object_store_mb=4 * mb + 256)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, \
+                EmbeddedRedis(data_dir=tmp, maxmemory_mb=4 * mb + 256, appendonly=False) as server:
+            return [measure_path(p, server.url, state, repeats, tag="trainer-check") for p in PATHS]
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def main(argv=None) -> int:
@@ -131,6 +153,8 @@ def main(argv=None) -> int:
           f"{min(t['step_s'][1:] or t['step_s']):.3f} s, peak {t['peak_memory_gb']} GB, save {t['save_s']:.2f} s, "
           f"load {t['load_s']:.2f} s, gather {t['gather_state_s']:.2f} s ({t['state_mb']:.1f} MB), probe "
           f"{t['probe_s']:.3f} s -> {path}")
+    for w in t.get("weight_sync", []):
+        print(f"  weight sync {w['path']}: {w['mb']:.1f} MB in {w['total_s']:.3f} s ({w['mb_per_s']:.0f} MB/s)")
     return 0
 
 

@@ -56,11 +56,12 @@ def _group_task_ids(queue) -> set[str]:
             for _, f in queue.r.xrange(queue.stream)}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_reward_rises_versions_flow_and_groups_count_once(workers, ray_cluster, redis_server, tmp_path):
-    # workers=2: the trainer as two Ray Train DDP workers (gloo), each group trained whole on one
+@pytest.mark.parametrize("workers, transport", [(1, "redis"), (2, "redis"), (1, "direct")])
+def test_reward_rises_versions_flow_and_groups_count_once(workers, transport, ray_cluster, redis_server, tmp_path):
+    # workers=2: the trainer as two Ray Train DDP workers (gloo), each group trained whole on one;
+    # direct: the weights go from the learner's weight source to the generator over gloo, not Redis
     cfg = tiny_rl_cfg(redis_server, tmp_path, total_steps=40,
-                      learner={"workers": workers, "cpus_per_worker": 0.5})
+                      learner={"workers": workers, "cpus_per_worker": 0.5, "weight_transport": transport})
     recipe, state, statuses = run_rl(cfg, cfg.redis.url, source(), generators=1)
     rewards = [h["reward/colour/mean"] for h in state.history]
     first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-5:])
@@ -73,6 +74,12 @@ def test_reward_rises_versions_flow_and_groups_count_once(workers, ray_cluster, 
     assert audit["consumed"] == 40 * cfg.rl.groups_per_step
     assert audit["duplicate"] == 0 and audit["dead_lettered"] == 0 and audit["dropped_stale"] == 0
     assert audit["admitted"] == audit["consumed"] + audit["in_flight"]
+    latest = recipe.weights.latest()
+    assert latest.transport == transport
+    # on the direct path Redis holds the metadata only; the generator loaded every version it
+    # served from the source (a failed or refused fetch would be counted)
+    assert recipe.r.exists(recipe.keys.weights(latest.version, 0)) == (transport == "redis")
+    assert statuses[0]["weight_failures"] == {}
 
 
 def test_killed_generator_task_is_redone_once_and_learner_resumes(ray_cluster, redis_server, tmp_path):
@@ -445,3 +452,17 @@ def test_a_learner_whose_weight_versions_cannot_fit_redis_fails_at_start_up(redi
     with pytest.raises(RuntimeError, match=r"redis\.weights_keep=5000 versions x .* MB of weights, but Redis's "
                                            r"maxmemory is 512\.0 MB"):
         RLRecipe(cfg, cfg.redis.url, source()).setup()
+
+
+def test_the_direct_weight_path_holds_no_weights_in_redis_so_needs_no_room_there(ray_cluster, redis_server, tmp_path):
+    # the same 5000 versions on the direct path: Redis keeps only their metadata, the start-up
+    # check does not apply, and the first publish put the bytes in the weight source actor
+    cfg = tiny_rl_cfg(redis_server, tmp_path, learner={"weight_transport": "direct"})
+    cfg.redis.weights_keep = 5000
+    recipe = RLRecipe(cfg, cfg.redis.url, source()).setup()
+    import ray
+    latest = recipe.weights.latest()
+    assert latest.transport == "direct" and ray.get(recipe.weight_source.held.remote()) == [latest.version]
+    ray.kill(recipe.weight_source)
+    recipe.close()
+
