@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throughput / memory / weight-sync / MFU check (issue 11), then the learner's FSDP2 trainer step on the
+# Throughput / memory / weight-sync / MFU check (issue 11), then the learner's FSDP2 trainer step and the
+# sync of its gathered weights on the Redis and the direct path (Ray Direct Transport) on the
 # same architecture (issue 17). Writes bench/results/<card>-<date>.json and <card>-<date>-trainer.json.
 #   CPU validation:  scripts/gpu_check.sh --profile cpu-tiny
 #   one GPU:         scripts/gpu_check.sh                      (qwen-image-edit-2511, 512 px, 10 steps, 4 refs, G=8)

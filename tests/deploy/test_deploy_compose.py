@@ -172,12 +172,14 @@ def test_service_commands_exist_in_the_cli():
 def test_the_learner_is_the_node_its_trainer_workers_run_on(profile, device):
     # DYREF_LEARNER_WORKERS > 1: Ray Train workers need a Ray node with the learner's checkpoint
     # volume; the learner's container is that node (custom resource "trainer", common/placement.py)
-    env = {"DYREF_LEARNER_WORKERS": "2", "DYREF_LEARNER_STRATEGY": "fsdp2", f"DYREF_LEARNER_{device}": "2"}
+    env = {"DYREF_LEARNER_WORKERS": "2", "DYREF_LEARNER_STRATEGY": "fsdp2", f"DYREF_LEARNER_{device}": "2",
+           "DYREF_WEIGHT_TRANSPORT": "direct"}
     s = _resolved(profile, env)["services"]["learner" + ("" if profile == "cpu" else "-gpu")]
     assert s["command"][:3] == ["ray-node", "dyref", "learner"]
     env = s["environment"]
     assert json.loads(env["RAY_RESOURCES"]) == {"trainer": 1}
     assert env["DYREF_RL__LEARNER__WORKERS"] == "2" and env["DYREF_RL__LEARNER__STRATEGY"] == "fsdp2"
+    assert env["DYREF_RL__LEARNER__WEIGHT_TRANSPORT"] == "direct"
     assert env[f"RAY_NUM_{device}"] == "2"
     assert s["depends_on"]["ray-head"]["condition"] == "service_healthy"
     if profile == "gpu":

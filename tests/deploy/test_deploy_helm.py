@@ -280,3 +280,16 @@ def test_learner_with_trainer_workers_is_a_ray_node_sized_for_them():
         render({"learner": {"workers": 4, "gpus": 2, "gpusPerWorker": 1}})
     with pytest.raises(Exception, match="strategy"):
         render({"learner": {"strategy": "zero3"}})
+
+
+def test_learner_on_the_direct_weight_path_joins_ray_even_with_one_worker():
+    # its weight source actor lives on the learner's node (common/transport/direct.py)
+    docs = render({"learner": {"weightTransport": "direct"}})
+    c = by_kind(docs, "Job")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:3] == ["ray-node", "dyref", "learner"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DYREF_RL__LEARNER__WEIGHT_TRANSPORT"] == "direct" and json.loads(env["RAY_RESOURCES"]) == {"trainer": 1}
+    one = {e["name"]: e.get("value") for e in by_kind(render({}), "Job")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert one["DYREF_RL__LEARNER__WEIGHT_TRANSPORT"] == "redis" and "RAY_RESOURCES" not in one
+    with pytest.raises(Exception, match="weightTransport"):
+        render({"learner": {"weightTransport": "nccl"}})
