@@ -35,8 +35,11 @@ class DemoPlan:
     size: int = 32
     max_refs: int = 3
     layout: str = "grid"           # which slots subjects go to (common/synthetic/spec.py SLOT_LAYOUTS)
-    max_subjects: int = 3          # subject references per case at most; the rest of a count is other roles
-    categories: tuple[str, ...] = ("subject", "subject_bg")
+    # one subject, with a background and/or a style reference for 2-3 references: the 0.4 M policy's
+    # 3000-step SFT binds one subject but not two, so a task with 2-3 subjects left RL nothing to
+    # start from at 2-3 references (docs/learning.md §5, "The task")
+    max_subjects: int = 1          # subject references per case at most; the rest of a count is other roles
+    categories: tuple[str, ...] = ("subject", "subject_bg", "subject_style", "subject_bg_style")
     sft_steps: int = 3000
     sft_eval_every: int = 500
     rl_steps: int = 300
@@ -47,7 +50,7 @@ class DemoPlan:
     rl_min_refs: int = 1           # every count: trained on ≥ 2 only, 1-reference placement decayed (docs/learning.md §5)
     kl_beta: float = 0.2           # 0.02 let the backdrop drift (+0.03), 1.0 froze the policy (docs/learning.md §5)
     drs_tau_quantile: float = 0.5
-    advantage: str = "gdpo"
+    advantage: str = "grpo"        # GDPO amplified the scene term's tiny within-group spread (docs/learning.md §5)
     drs: bool = True
     dar: bool = True
     shuffle_advantages: bool = False
@@ -76,8 +79,9 @@ def demo_namespace(out: Path) -> str:
 def reward_components() -> list[dict]:
     """Per-reference consistency (docs/learning.md): one s_j per subject (DRS per reference, DAR
     reads their mean), the background reference's similarity, and the scene outside the subjects
-    against the target (every case: what no reference describes must not drift), each
-    GDPO-normalised on its own."""
+    against the target (every case: what no reference describes must not drift); the style
+    reference is neither rewarded nor measured (no style scorer worth trusting at random init).
+    Under GDPO each component is normalised within its group on its own; the demo sums them (GRPO)."""
     return [{"name": "subjects", "scorer": "references", "against": "none", "roles": ["subject"], "weight": 1.0, "drs": True},
             {"name": "background", "scorer": "references", "against": "none", "roles": ["background"], "weight": 1.0},
             {"name": "scene", "scorer": "references", "against": "target", "weight": 1.0}]

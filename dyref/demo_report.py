@@ -208,8 +208,10 @@ def write_demo_report(out: Path, summary: dict, history: list[dict], eval_histor
     grid = _grid(out, test, images)
     ok, gain = gain_verdict(summary["rl_minus_sft"])
     chance = {int(k): v for k, v in summary.get("chance_placement", {}).items()}
-    lines = ["# DyRef demo: untrained → SFT → RL (GDPO + DRS + DAR) on the synthetic multi-reference task", "",
-             f"Plan: {plan.n_train} train / {plan.n_test} held-out cases ({', '.join(plan.categories)}), 1–{plan.max_refs} "
+    method = " + ".join([plan.advantage.upper()] + [n for n, on in (("DRS", plan.drs), ("DAR", plan.dar)) if on])
+    lines = [f"# DyRef demo: untrained → SFT → RL ({method}) on the synthetic multi-reference task", "",
+             f"Plan: {plan.n_train} train / {plan.n_test} held-out cases ({', '.join(plan.categories)}; at most "
+             f"{plan.max_subjects} subject{'s' if plan.max_subjects > 1 else ''} per case), 1–{plan.max_refs} "
              f"references, {plan.size}px; SFT {plan.sft_steps} steps (text encoder trained), RL {plan.rl_steps} learner "
              f"steps rewarded by per-reference consistency, seed {plan.seed}. DRS τ calibrated from the SFT policy: "
              f"{summary.get('drs_tau') if summary.get('drs_tau') is None else round(summary['drs_tau'], 4)}. "
