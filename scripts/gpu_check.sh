@@ -38,7 +38,7 @@ if [ "${TRAINER_CHECK:-on}" != off ]; then
                  *) shift ;; esac
   done
   # shellcheck disable=SC2086
-  timeout "${TRAINER_CHECK_TIMEOUT_S:-240}" "$PY" -m services.learner.trainer_check "${same[@]}" ${TRAINER_CHECK_ARGS:-}
+  timeout "${TRAINER_CHECK_TIMEOUT_S:-330}" "$PY" -m services.learner.trainer_check "${same[@]}" ${TRAINER_CHECK_ARGS:-}
   trc=$?
   [ $rc -ne 0 ] || rc=$trc
 fi

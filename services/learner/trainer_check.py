@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--lora-rank", type=int, default=None)
     ap.add_argument("--updates", type=int, default=3, help="learner steps; the first is a warm-up")
-    ap.add_argument("--sync-repeats", type=int, default=2,
+    ap.add_argument("--sync-repeats", type=int, default=1,
                     help="weight sync of the gathered weights on the Redis and the direct path (0: skip)")
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--out", default=None)
