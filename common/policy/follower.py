@@ -276,20 +276,22 @@ class WeightFollower:
             self.direct = DirectLink()  # through the object store: this process has no receiver method
         return self.direct.fetch(wv)
 
-    def _source_failed(self, e: Exception) -> None:
-        # the source, not Redis, failed: keep the subscription, retry after the same back-off
+    def _back_off(self) -> None:
+        """No call before the (doubled, capped) back-off ends; check as soon as it does."""
         self._backoff = min(self.max_backoff_s, self._backoff * 2 or self.backoff_s)
         self._retry_at = time.monotonic() + self._backoff
-        self._news = True
+        self._news = True  # a notice may be lost meanwhile
+
+    def _source_failed(self, e: Exception) -> None:
+        # the source, not Redis, failed: keep the subscription, retry after the same back-off
+        self._back_off()
         log.warning("%s: weight source unreachable (%s); serving version %s, next try in %.1fs",
                     self.consumer, e, self.version, self._backoff)
 
     def _redis_failed(self, e: Exception) -> None:
         self.redis_errors += 1
-        self._backoff = min(self.max_backoff_s, self._backoff * 2 or self.backoff_s)
-        self._retry_at = time.monotonic() + self._backoff
         self._drop()  # its connection broke too; re-subscribed once the back-off ends
-        self._news = True  # a notice may be lost meanwhile: check as soon as Redis answers
+        self._back_off()
         log.warning("%s: Redis unreachable (%s: %s); serving version %s, next try in %.1fs",
                     self.consumer, type(e).__name__, e, self.version, self._backoff)
 
